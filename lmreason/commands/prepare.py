@@ -1,0 +1,20 @@
+"""`lmreason prepare`: load, validate, split, tokenize and cache a dataset."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from lmreason.commands.entry import hydra_command
+
+
+def run(cfg: DictConfig) -> dict:
+    """Prepare the data of `cfg` (or reuse its cache) and print a summary. Returns the summary."""
+    from lmreason.data.prepare import prepare_data
+    from lmreason.ui import console, render_prepare_summary
+
+    prepared = prepare_data(cfg)
+    render_prepare_summary(prepared, console)
+    return prepared.summary
+
+
+main = hydra_command("prepare")(run)

@@ -1,0 +1,263 @@
+"""Config schemas: every YAML in conf/ extends one of these dataclasses.
+
+Hydra merges the YAML onto the schema, so a misspelt key or a wrong type fails
+at compose time naming the key (`Key 'lrr' not in 'OptimizerConfig'`). Groups
+with one shape (model, optimizer, ...) are typed on the command schemas; groups
+whose shape depends on the option (data sources, tasks) carry their own schema
+through the option's `defaults:` list. Importing this module must stay cheap
+(no torch): the CLI imports it before `--help`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+def config_dir() -> str:
+    """The conf/ directory: top level of a source checkout, or lmreason/conf in a wheel."""
+    package_dir = Path(__file__).resolve().parent
+    for candidate in (package_dir.parent / "conf", package_dir / "conf"):
+        if (candidate / "finetune.yaml").is_file():
+            return str(candidate)
+    raise RuntimeError(f"lmreason's conf/ directory is missing next to {package_dir}; reinstall lmreason")
+
+
+# --------------------------------------------------------------------------- model
+@dataclass
+class LoraConfig:
+    enabled: bool = False
+    rank: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: List[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    save_merged: bool = True
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = MISSING
+    arch: str = "encoder"
+    tokenizer: Optional[str] = None
+    from_scratch: bool = False
+    config_overrides: Dict[str, Any] = field(default_factory=dict)
+    max_length: int = 128
+    trust_remote_code: bool = False
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+
+# --------------------------------------------------------------------------- task
+@dataclass
+class ClsTaskConfig:
+    name: str = "cls"
+
+
+@dataclass
+class GenTaskConfig:
+    name: str = "gen"
+    use_chat_template: bool = True
+    prompt_template: str = "Question: {prompt}\nAnswer: "
+    system_prompt: Optional[str] = None
+    generate_every_evals: int = 0
+    generate_samples: int = 32
+
+
+# --------------------------------------------------------------------------- data
+@dataclass
+class DataConfig:
+    source: str = MISSING
+    name: str = MISSING
+    text_column: str = "text"
+    text_pair_column: Optional[str] = None
+    label_column: str = "label"
+    prompt_column: str = "prompt"
+    completion_column: str = "completion"
+    metadata_columns: List[str] = field(default_factory=list)
+    split_ratios: Dict[str, float] = field(default_factory=lambda: {"train": 0.8, "validation": 0.1, "test": 0.1})
+    max_rows: Dict[str, int] = field(default_factory=dict)
+    seed: int = 42
+
+
+@dataclass
+class LocalDataConfig(DataConfig):
+    source: str = "local"
+    name: str = "local"
+    path: str = MISSING
+    format: Optional[str] = None
+
+
+@dataclass
+class ReasoningDataConfig(DataConfig):
+    source: str = "reasoning"
+    name: str = "reasoning"
+    task: str = "family_relationships"
+    sizes: Dict[str, int] = field(default_factory=lambda: {"train": 2000, "validation": 300, "test": 500, "ood": 500})
+    id_config: Dict[str, Any] = field(default_factory=dict)
+    ood_config: Optional[Dict[str, Any]] = None
+
+
+@dataclass
+class BigBenchDataConfig(DataConfig):
+    source: str = "bigbench"
+    name: str = "bigbench"
+    path: str = MISSING
+
+
+@dataclass
+class HubDataConfig(DataConfig):
+    source: str = "hub"
+    name: str = "hub"
+    dataset_id: str = MISSING
+    subset: Optional[str] = None
+    revision: Optional[str] = None
+    split_names: Dict[str, str] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- training parts
+@dataclass
+class OptimizerConfig:
+    name: str = "adamw"
+    lr: float = 5e-5
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    momentum: float = 0.9
+    nesterov: bool = False
+
+
+@dataclass
+class SchedulerConfig:
+    name: str = "linear"
+    warmup_steps: float = 0.06
+    min_lr_ratio: float = 0.0
+
+
+@dataclass
+class RegularizationConfig:
+    weight_decay: float = 0.0
+    hidden_dropout: Optional[float] = None
+    attention_dropout: Optional[float] = None
+    freeze_embeddings: bool = False
+    freeze_layers: int = 0
+    freeze_all_but_head: bool = False
+
+
+@dataclass
+class DeviceConfig:
+    device: str = "auto"
+    precision: str = "auto"
+    threads: Optional[int] = None
+    backend: str = "auto"
+
+
+@dataclass
+class EarlyStoppingConfig:
+    enabled: bool = True
+    monitor: str = "val/acc"
+    mode: str = "max"
+    patience: int = 3
+    min_delta: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = 3.0
+    max_steps: Optional[int] = None
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    grad_accum_steps: int = 1
+    max_grad_norm: Optional[float] = 1.0
+    eval_every_steps: Optional[int] = None
+    eval_every_epoch: bool = True
+    save_every_steps: Optional[int] = None
+    log_every_steps: int = 10
+    length_grouping: bool = True
+    nonfinite: str = "stop"
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+
+
+@dataclass
+class GenerationConfig:
+    do_sample: bool = False
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+    top_p: float = 1.0
+    batch_size: int = 32
+
+
+# --------------------------------------------------------------------------- commands
+@dataclass
+class PrepareCommandConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: Any = MISSING
+    data: Any = MISSING
+    cache_dir: str = MISSING
+    force: bool = False
+    seed: int = 42
+    output_dir: str = MISSING
+
+
+@dataclass
+class FinetuneCommandConfig(PrepareCommandConfig):
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    regularization: RegularizationConfig = field(default_factory=RegularizationConfig)
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    resume: Optional[str] = None
+
+
+@dataclass
+class EvaluateCommandConfig:
+    run: Optional[str] = None
+    checkpoint: Optional[str] = None
+    sweep: Optional[str] = None
+    split: str = "test"
+    compare_ood: bool = True
+    slice_columns: Optional[List[str]] = None
+    batch_size: int = 64
+    data: Any = None
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    cache_dir: str = MISSING
+    output_dir: str = MISSING
+
+
+@dataclass
+class InferCommandConfig:
+    run: Optional[str] = None
+    checkpoint: Optional[str] = None
+    text: Any = None
+    input: Optional[str] = None
+    text_column: str = "text"
+    text_pair_column: Optional[str] = None
+    output: Optional[str] = None
+    batch_size: int = 64
+    top_k: int = 0
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    output_dir: str = MISSING
+
+
+def register_schemas() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="prepare_schema", node=PrepareCommandConfig)
+    cs.store(name="finetune_schema", node=FinetuneCommandConfig)
+    cs.store(name="evaluate_schema", node=EvaluateCommandConfig)
+    cs.store(name="infer_schema", node=InferCommandConfig)
+    for name, node in {
+        "local_schema": LocalDataConfig,
+        "reasoning_schema": ReasoningDataConfig,
+        "bigbench_schema": BigBenchDataConfig,
+        "hub_schema": HubDataConfig,
+    }.items():
+        cs.store(group="schema/data", name=name.removesuffix("_schema"), node=node)
+    cs.store(group="schema/task", name="cls", node=ClsTaskConfig)
+    cs.store(group="schema/task", name="gen", node=GenTaskConfig)
+
+
+register_schemas()

@@ -1,0 +1,73 @@
+"""Find and load the model of a run dir or a checkpoint dir, safely.
+
+Weights load from safetensors only (`use_safetensors=True`: a pickled
+pytorch_model.bin is refused, never executed); a run's saved config is read as
+plain YAML and only its data/model/task fields are used, never instantiated.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from lmreason.errors import UserError
+
+
+def resolve_checkpoint(run: str | None, checkpoint: str | None, prefer: str = "best") -> tuple[Path, Path | None]:
+    """(checkpoint dir, run dir or None) from `run=` or `checkpoint=`.
+
+    Raises:
+        UserError: neither or both given, a missing dir, a dir without a model.
+    """
+    from lmreason.training.checkpoint import recover_checkpoint
+
+    if bool(run) == bool(checkpoint):
+        raise UserError("give exactly one of run=<finetune run dir> or checkpoint=<model dir>")
+    if run:
+        run_dir = Path(run).expanduser()
+        if not run_dir.is_dir():
+            raise UserError(f"run={run}: no such directory; give a run dir printed by lmreason finetune")
+        for name in (prefer, "last"):
+            recover_checkpoint(run_dir / "checkpoints" / name)
+            candidate = run_dir / "checkpoints" / name
+            if (candidate / "config.json").is_file():
+                return candidate, run_dir
+        raise UserError(f"run={run}: no checkpoint in {run_dir / 'checkpoints'}; finetune it first (a checkpoint is written at every validation)")
+    path = Path(checkpoint).expanduser()
+    if not (path / "config.json").is_file():
+        raise UserError(f"checkpoint={checkpoint}: no model there (config.json missing); give a checkpoint dir or a Hugging Face model dir")
+    return path, None
+
+
+def saved_run_config(checkpoint_dir: Path) -> DictConfig | None:
+    """The resolved config a checkpoint was trained with (plain YAML), if it has one."""
+    path = checkpoint_dir / "config.yaml"
+    if not path.is_file():
+        return None
+    try:
+        return OmegaConf.load(path)
+    except Exception as exc:
+        raise UserError(f"{path}: unreadable config ({type(exc).__name__}); the checkpoint dir may be damaged") from None
+
+
+def load_model_for_inference(checkpoint_dir: Path, task_name: str, device, trust_remote_code: bool = False):
+    """(model in eval mode on `device`, tokenizer). Safetensors weights only."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    auto = AutoModelForSequenceClassification if task_name == "cls" else AutoModelForCausalLM
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir, trust_remote_code=trust_remote_code)
+        model = auto.from_pretrained(checkpoint_dir, use_safetensors=True, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{checkpoint_dir}: cannot load the model ({first[:200]}); lmreason loads safetensors weights only") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.to(device).eval()
+    return model, tokenizer
+
+
+def label_names_of(model) -> list[str]:
+    id2label = model.config.id2label or {}
+    return [str(id2label[i]) for i in sorted(id2label, key=int)]

@@ -1,0 +1,82 @@
+"""Rich tables for the terminal report: one split's metrics, slices, and the ID-vs-OOD gap."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from rich.table import Table
+
+# For these metrics lower is better, so a *negative* in-distribution minus OOD gap is the bad case.
+_LOWER_IS_BETTER = {"ece", "loss"}
+
+
+def _fmt(value, digits: int = 4) -> str:
+    """Fixed-point number, or an em dash for a missing value."""
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def metrics_table(metrics: Mapping, title: str) -> Table:
+    """Per-class precision/recall/F1/support rows, a macro row, and the headline numbers as caption.
+
+    ``metrics`` is the dict from ``metrics.classification_metrics``.
+    """
+    caption = (
+        f"n={metrics['n']}  acc={_fmt(metrics['acc'])}  f1_macro={_fmt(metrics['f1_macro'])}  "
+        f"ece={_fmt(metrics['ece'])}  loss={_fmt(metrics['loss'])}  "
+        f"majority={_fmt(metrics['majority_baseline'])}"
+    )
+    table = Table(title=title, caption=caption, caption_justify="left", title_justify="left")
+    table.add_column("class", style="bold")
+    for name in ("precision", "recall", "f1"):
+        table.add_column(name, justify="right")
+    table.add_column("support", justify="right")
+
+    per_class = metrics["per_class"]
+    for name, row in per_class.items():
+        # Dim classes absent from this split: their zeros are "undefined", not "wrong".
+        style = "dim" if row["support"] == 0 else None
+        table.add_row(name, _fmt(row["precision"], 3), _fmt(row["recall"], 3), _fmt(row["f1"], 3),
+                      str(row["support"]), style=style)
+    count = max(len(per_class), 1)
+    table.add_section()
+    table.add_row(
+        "macro avg",
+        _fmt(sum(r["precision"] for r in per_class.values()) / count, 3),
+        _fmt(sum(r["recall"] for r in per_class.values()) / count, 3),
+        _fmt(metrics["f1_macro"], 3),
+        str(metrics["n"]),
+        style="italic",
+    )
+    return table
+
+
+def slices_table(slices: Mapping[str, Mapping], column: str) -> Table:
+    """One row per slice value (as ordered by ``metrics.slice_metrics``): n, acc, f1_macro, ece."""
+    table = Table(title=f"by {column}", title_justify="left")
+    table.add_column(column, style="bold")
+    table.add_column("n", justify="right")
+    for name in ("acc", "f1_macro", "ece"):
+        table.add_column(name, justify="right")
+    for key, row in slices.items():
+        table.add_row(key, str(row["n"]), _fmt(row["acc"]), _fmt(row["f1_macro"]), _fmt(row["ece"]))
+    return table
+
+
+def gap_rich_table(gap: Mapping[str, Mapping], id_name: str = "test", ood_name: str = "ood") -> Table:
+    """Metric, in-distribution, OOD and gap columns from ``metrics.gap_table``.
+
+    The gap is red where OOD is worse (lower acc/f1, higher ece/loss) and green where it is better.
+    """
+    table = Table(title="in-distribution vs OOD", title_justify="left")
+    table.add_column("metric", style="bold")
+    table.add_column(f"in-distribution ({id_name})", justify="right")
+    table.add_column(f"OOD ({ood_name})", justify="right")
+    table.add_column("gap (ID − OOD)", justify="right")
+    for key, row in gap.items():
+        value = row["gap"]
+        gap_text = "—" if value is None else f"{value:+.4f}"
+        if value:  # None and exactly 0 stay uncoloured
+            ood_worse = value < 0 if key in _LOWER_IS_BETTER else value > 0
+            gap_text = f"[{'red' if ood_worse else 'green'}]{gap_text}[/]"
+        table.add_row(key, _fmt(row["in_distribution"]), _fmt(row["ood"]), gap_text)
+    return table

@@ -1,0 +1,131 @@
+"""Checkpoints: a Hugging Face model dir (safetensors) + a plain trainer state, written atomically.
+
+Layout of `checkpoints/<name>/`:
+  model.safetensors, config.json, tokenizer files  -> `from_pretrained` loads it
+  trainer_state.pt   optimizer, scheduler, RNG, step, epoch, batch position, early-stopping state
+                     (tensors and plain values only: read back with torch.load(weights_only=True))
+  lmreason.json      label names, task, max length, step and metrics at save time
+  config.yaml        the resolved config of the run
+
+A checkpoint is built under a temporary name and renamed into place; the one it
+replaces is moved aside first and deleted last, so a crash at any moment leaves a
+complete checkpoint (`recover_checkpoint` finds a moved-aside one).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import uuid
+from pathlib import Path
+
+from lmreason.errors import UserError
+
+STATE_FILE = "trainer_state.pt"
+META_FILE = "lmreason.json"
+
+
+def rng_state() -> dict:
+    import torch
+
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _swap_into_place(tmp: Path, target: Path) -> None:
+    aside = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+    if target.exists():
+        os.rename(target, aside)
+    os.rename(tmp, target)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def recover_checkpoint(target: Path) -> None:
+    """After a crash between the two renames of `_swap_into_place`, put the moved-aside checkpoint back."""
+    if target.exists():
+        return
+    aside = sorted(target.parent.glob(f".{target.name}.old-*"))
+    if aside:
+        os.rename(aside[-1], target)
+
+
+def save_checkpoint(target: Path, model, tokenizer, trainer_state: dict, meta: dict, config_yaml: str) -> None:
+    """Write a complete checkpoint at `target`, atomically.
+
+    Raises:
+        UserError: the directory is not writable or the disk is full (the previous checkpoint stays).
+    """
+    import torch
+
+    target = Path(target)
+    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        torch.save(trainer_state, tmp / STATE_FILE)
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=float))
+        (tmp / "config.yaml").write_text(config_yaml)
+        _swap_into_place(tmp, target)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(
+            f"cannot write checkpoint {target} ({exc.strerror or exc}); the previous checkpoint is kept. "
+            "Free disk space or choose a writable output dir (hydra.run.dir=...)"
+        ) from None
+
+
+def link_checkpoint(source: Path, target: Path) -> None:
+    """`target` becomes a copy of `source` (hard links where the filesystem allows: no extra disk or time)."""
+    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        shutil.copytree(source, tmp, copy_function=_link_or_copy)
+        _swap_into_place(tmp, target)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"cannot write checkpoint {target} ({exc.strerror or exc}); the previous one is kept") from None
+
+
+def _link_or_copy(src, dst):
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def load_trainer_state(checkpoint: Path) -> dict:
+    """The trainer state, loaded without unpickling arbitrary objects.
+
+    Raises:
+        UserError: missing, or holding anything but tensors and plain values (a planted pickle).
+    """
+    import pickle
+
+    import torch
+
+    path = Path(checkpoint) / STATE_FILE
+    if not path.is_file():
+        raise UserError(f"{checkpoint}: no {STATE_FILE}; this is not a resumable lmreason checkpoint")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{path}: refused to load it: not a plain trainer state ({first[:160]})") from None
+
+
+def read_meta(checkpoint: Path) -> dict:
+    path = Path(checkpoint) / META_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}

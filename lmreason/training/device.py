@@ -1,0 +1,65 @@
+"""The `device` group: where to run, in which precision, with how many threads."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+from omegaconf import DictConfig
+
+from lmreason.errors import UserError
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def cpu_has_fast_bf16() -> bool:
+    """bf16 matmuls are only faster than fp32 on CPUs with native bf16 (AVX512-BF16 / AMX)."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_device(device_cfg: DictConfig):
+    """(torch.device, precision) from the config; sets the thread count.
+
+    Raises:
+        UserError: cuda asked for but absent, fp16 on the CPU, an unknown option.
+    """
+    import torch
+
+    if device_cfg.device not in ("auto", "cpu", "cuda"):
+        raise UserError(f"device.device={device_cfg.device}: use auto, cpu or cuda")
+    if device_cfg.precision not in PRECISIONS:
+        raise UserError(f"device.precision={device_cfg.precision}: use one of {', '.join(PRECISIONS)}")
+    if device_cfg.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("device=cuda but no CUDA GPU is visible; use device=auto or device=cpu")
+    use_cuda = device_cfg.device == "cuda" or (device_cfg.device == "auto" and torch.cuda.is_available())
+    if use_cuda:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    precision = device_cfg.precision
+    if precision == "auto":
+        fast_bf16 = torch.cuda.is_bf16_supported() if use_cuda else cpu_has_fast_bf16()
+        precision = "bf16" if fast_bf16 else "fp32"
+    if precision == "fp16" and not use_cuda:
+        raise UserError("device.precision=fp16 needs a CUDA GPU; on the CPU use bf16 or fp32")
+    if device_cfg.threads is not None:
+        if device_cfg.threads < 1:
+            raise UserError(f"device.threads={device_cfg.threads}: give a positive number of threads (or null)")
+        torch.set_num_threads(device_cfg.threads)
+    return device, precision
+
+
+def autocast(device, precision: str):
+    """Mixed precision for the forward pass; weights and optimizer state stay fp32."""
+    import torch
+
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)

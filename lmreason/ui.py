@@ -1,0 +1,57 @@
+"""Terminal output: one rich console, the prepare summary and the training banner."""
+
+from __future__ import annotations
+
+import os
+
+from rich.console import Console
+from rich.table import Table
+
+# Hydra captures stdout in multirun jobs; a width keeps tables readable when not a TTY.
+console = Console(width=None if os.isatty(1) else 120, highlight=False)
+
+
+def render_prepare_summary(prepared, out: Console = console) -> None:
+    summary = prepared.summary
+    state = "reused cache" if prepared.reused else "built cache"
+    out.print(f"[bold]prepare[/] {summary['source']} -> {prepared.path} ([green]{state}[/])")
+    table = Table(title=f"{summary['task']} data, max_length {summary['max_length']}", title_justify="left")
+    table.add_column("split")
+    table.add_column("rows", justify="right")
+    table.add_column("tokens p50 / p95 / max", justify="right")
+    table.add_column("truncated", justify="right")
+    if summary["task"] == "cls":
+        table.add_column("labels")
+    for name, info in summary["splits"].items():
+        row = [name, f"{info['rows']:,}", f"{info['tokens_p50']} / {info['tokens_p95']} / {info['tokens_max']}",
+               f"{info['truncated_share']:.1%}"]
+        if summary["task"] == "cls":
+            labels = info.get("labels", {})
+            shown = ", ".join(f"{k}: {v}" for k, v in list(labels.items())[:8])
+            row.append(shown + (f", ... ({len(labels)} labels)" if len(labels) > 8 else ""))
+        table.add_row(*row)
+    out.print(table)
+
+
+def render_banner(recipe, out: Console = console) -> None:
+    cfg, t = recipe.cfg, recipe.cfg.train
+    counts = recipe.param_counts
+    effective = t.batch_size * t.grad_accum_steps * recipe.dist.world_size
+    table = Table(title="lmreason finetune", title_justify="left", show_header=False, box=None)
+    table.add_column(style="bold")
+    table.add_column()
+    rows = {
+        "run dir": str(recipe.run_dir),
+        "model": f"{cfg.model.name_or_path} ({'random init' if cfg.model.from_scratch else 'pretrained'})",
+        "data": f"{recipe.data.summary.get('source')}: {len(recipe.train_split):,} train / {len(recipe.val_split):,} validation examples",
+        "effective batch": f"{effective} = {t.batch_size} per step x {t.grad_accum_steps} accumulation x {recipe.dist.world_size} process(es)",
+        "steps": f"{recipe.total_steps:,} ({recipe.steps_per_epoch:,} per epoch)" + (f", resuming at {recipe.step:,}" if recipe.step else ""),
+        "parameters": f"{counts['trainable']:,} trainable, {counts['frozen']:,} frozen",
+        "optimizer": f"{cfg.optimizer.name} lr {cfg.optimizer.lr:g}, {cfg.scheduler.name} schedule, weight decay {cfg.regularization.weight_decay:g}",
+        "device": f"{recipe.device} ({recipe.precision}, {__import__('torch').get_num_threads()} threads)",
+        "early stopping": (f"{t.early_stopping.monitor} ({t.early_stopping.mode}), patience {t.early_stopping.patience}"
+                           if t.early_stopping.enabled else "off"),
+    }
+    for key, value in rows.items():
+        table.add_row(key, value)
+    out.print(table)
