@@ -22,9 +22,11 @@ def cli_env(cache_dir: Path) -> dict:
     return env
 
 
-def run_cli(*args: str, cache_dir: Path, cwd: Path, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_cli(*args: str, cache_dir: Path, cwd: Path, check: bool = True, timeout: int = 600,
+            env_extra: dict | None = None) -> subprocess.CompletedProcess:
     """`lmreason <args>` in a subprocess, as a user would type it."""
-    proc = subprocess.run([sys.executable, "-m", "lmreason", *args], cwd=cwd, env=cli_env(cache_dir),
+    env = {**cli_env(cache_dir), **(env_extra or {})}
+    proc = subprocess.run([sys.executable, "-m", "lmreason", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"lmreason {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")

@@ -12,7 +12,7 @@ from lmreason.errors import UserError
 
 
 def resolve_resume(cfg: DictConfig) -> tuple[DictConfig, Path]:
-    """For resume=<run dir>: that run's own config (same data, schedule, seed) and its dir.
+    """For resume=<run dir>: that run's own config (same data, schedule, seed, precision) and its dir.
 
     Raises:
         UserError: the dir is missing or is not a finetune run dir.
@@ -36,7 +36,7 @@ def resolve_resume(cfg: DictConfig) -> tuple[DictConfig, Path]:
         schema[key] = saved_cfg[key]
     merged = OmegaConf.merge(schema, saved_cfg)
     merged.resume = str(run_dir)
-    merged.device = cfg.device  # the hardware may differ from the first run's
+    # The saved device group is kept too: a change of precision would change the result.
     return merged, run_dir
 
 

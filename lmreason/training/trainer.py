@@ -49,6 +49,9 @@ class FinetuneRecipe:
         self.dist = Distributed.from_env(cfg.device)
         self._validate_config()
         self.stop_requested = None  # set to the signal name by SIGINT/SIGTERM
+        # Fault injection for tests of the stop and NaN paths (deterministic, unlike timed signals).
+        self.fault_stop_after_steps = int(os.environ.get("LMREASON_STOP_AFTER_STEPS", 0)) or None
+        self.fault_nan_at_step = int(os.environ.get("LMREASON_INJECT_NAN_AT_STEP", 0)) or None
 
     # ------------------------------------------------------------------ validate
     def _validate_config(self) -> None:
@@ -183,6 +186,8 @@ class FinetuneRecipe:
                     # DDP: synchronise gradients only on the last micro-batch of the group.
                     with self.dist.no_sync_unless(self.model_for_training, k == len(group) - 1), autocast(self.device, self.precision):
                         loss, _ = self.task.forward(self.model_for_training, batch)
+                    if self.fault_nan_at_step == self.step + 1:
+                        loss = loss * float("nan")
                     scaled = loss / len(group)  # mean over the group's micro-batches
                     (self.scaler.scale(scaled) if self.scaler else scaled).backward()
                     accum_loss += scaled.detach()
@@ -229,6 +234,8 @@ class FinetuneRecipe:
                     status = self._validate_and_checkpoint(started, samples, tokens)
                 elif t.save_every_steps and self.step % t.save_every_steps == 0:
                     self._save("last", None)
+                if self.fault_stop_after_steps == self.step:
+                    self.stop_requested = "LMREASON_STOP_AFTER_STEPS"
                 if self.stop_requested and status == "completed":
                     status = "interrupted"
                 if status != "completed" or self.step >= self.total_steps:
