@@ -173,7 +173,9 @@ def load_prepared(path: Path, reused: bool = True) -> PreparedData:
 
     meta = json.loads((path / "lmreason_meta.json").read_text())
     loaded = datasets.load_from_disk(str(path))
+    canonical = ["train", "validation", "test", "ood"]
+    names = sorted(loaded, key=lambda n: (canonical.index(n) if n in canonical else len(canonical), n))
     return PreparedData(
-        splits=dict(loaded.items()), label_names=meta["label_names"], summary=meta["summary"], path=path,
+        splits={name: loaded[name] for name in names}, label_names=meta["label_names"], summary=meta["summary"], path=path,
         reused=reused, metadata_columns=meta.get("metadata_columns", []),
     )
