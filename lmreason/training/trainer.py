@@ -125,6 +125,7 @@ class FinetuneRecipe:
         self.early_stopping = EarlyStopping(t.early_stopping)
         self.step, self.epoch, self.batch_in_epoch, self.skipped_steps = 0, 0, 0, 0
         self.elapsed_before_resume = 0.0
+        self.eval_seconds = 0.0  # validation and checkpoint time of this process
         if self.resume_state is not None:
             self._restore(self.resume_state)
         self.writer = self._tensorboard() if self.dist.is_main else None
@@ -294,6 +295,13 @@ class FinetuneRecipe:
         return {f"val/{k}": v for k, v in metrics.items()}
 
     def _validate_and_checkpoint(self, started, samples, tokens) -> str:
+        began = time.perf_counter()
+        try:
+            return self._validate_and_checkpoint_timed()
+        finally:
+            self.eval_seconds += time.perf_counter() - began  # kept out of the training throughput
+
+    def _validate_and_checkpoint_timed(self) -> str:
         metrics = self.validate()
         monitor = self.cfg.train.early_stopping.monitor
         if monitor not in metrics:
@@ -356,6 +364,7 @@ class FinetuneRecipe:
 
     def _write_metrics(self, status: str, wall: float, samples: int, tokens: int) -> dict:
         es = self.early_stopping
+        train_wall = wall - self.eval_seconds
         best_entry = next((h for h in self.history if h["step"] == es.best_step), None)
         results = {
             "status": status,
@@ -368,8 +377,11 @@ class FinetuneRecipe:
             "epochs": self.epoch + (self.batch_in_epoch / max(1, self.micro_batches_per_epoch)),
             "skipped_steps": self.skipped_steps,
             "wall_time_s": wall + self.elapsed_before_resume,
-            "train_samples_per_s": samples / wall if wall > 0 else None,
-            "train_tokens_per_s": tokens / wall if wall > 0 else None,
+            # training throughput: time in validation and checkpointing excluded
+            "train_samples_per_s": samples / train_wall if train_wall > 0 else None,
+            "train_tokens_per_s": tokens / train_wall if train_wall > 0 else None,
+            "train_tokens": tokens,
+            "validation_and_checkpoint_s": self.eval_seconds,
             "trainable_params": self.param_counts["trainable"],
             "frozen_params": self.param_counts["frozen"],
             "device": str(self.device),
