@@ -9,6 +9,7 @@ command module's own `@hydra.main` runs with the rest. This keeps `--help`,
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 COMMANDS = {
@@ -33,6 +34,17 @@ def usage_text() -> str:
     return "\n".join(lines)
 
 
+def torchrun_worker_overrides(argv: list[str]) -> list[str]:
+    """Under torchrun every rank runs this CLI. Ranks other than 0 write no Hydra files (config, log):
+    they share rank 0's run dir, which the trainer broadcasts (their own `${now:...}` dir would differ)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or int(os.environ.get("RANK", "0")) == 0:
+        return []
+    overrides = ["hydra.run.dir=.", "hydra.output_subdir=null"]
+    if not any(arg.startswith(("hydra/job_logging=", "override hydra/job_logging")) for arg in argv):
+        overrides.append("hydra/job_logging=none")  # no <run>/finetune.log from this rank; warnings still reach stderr
+    return overrides
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -47,9 +59,14 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"lmreason: unknown command '{command}'. {USAGE}", file=sys.stderr)
         return 2
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1 and ("-m" in argv or "--multirun" in argv):
+        print("lmreason: -m (multirun) cannot run under torchrun: every process would start its own sweep. "
+              "Sweep without torchrun, or launch one torchrun per job", file=sys.stderr)
+        return 2
     module = importlib.import_module(f"lmreason.commands.{command}")
     # Hydra reads sys.argv itself; argv[0] names the app in its help and logs.
-    sys.argv = [f"lmreason {command}", *argv[1:]]
+    sys.argv = [f"lmreason {command}", *argv[1:], *torchrun_worker_overrides(argv)]
     module.main()
     return 0
 

@@ -54,11 +54,15 @@ class ModelConfig:
 @dataclass
 class ClsTaskConfig:
     name: str = "cls"
+    monitor: str = "val/acc"
+    monitor_mode: str = "max"
 
 
 @dataclass
 class GenTaskConfig:
     name: str = "gen"
+    monitor: str = "val/loss"
+    monitor_mode: str = "min"
     use_chat_template: bool = True
     prompt_template: str = "Question: {prompt}\nAnswer: "
     system_prompt: Optional[str] = None
@@ -244,6 +248,14 @@ class InferCommandConfig:
     output_dir: str = MISSING
 
 
+def register_resolvers() -> None:
+    """`${optuna_direction:max}` -> maximize: conf/hparams_search/optuna.yaml follows the early-stopping mode."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("optuna_direction"):
+        OmegaConf.register_new_resolver("optuna_direction", lambda mode: {"max": "maximize", "min": "minimize"}.get(mode, mode))
+
+
 def register_schemas() -> None:
     cs = ConfigStore.instance()
     cs.store(name="prepare_schema", node=PrepareCommandConfig)
@@ -262,3 +274,4 @@ def register_schemas() -> None:
 
 
 register_schemas()
+register_resolvers()

@@ -10,3 +10,6 @@ class UserError(Exception):
     """Bad input from the user: one line saying what, where, and how to fix it."""
 
     exit_code = 1
+    # In a multirun (-m) a failed job is recorded as failed and the sweep goes on; an error that
+    # sets this (Ctrl-C) ends the whole sweep instead.
+    stops_sweep = False

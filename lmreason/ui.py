@@ -31,6 +31,8 @@ def render_prepare_summary(prepared, out: Console = console) -> None:
             row.append(shown + (f", ... ({len(labels)} labels)" if len(labels) > 8 else ""))
         table.add_row(*row)
     out.print(table)
+    if prepared.metadata_columns:
+        out.print(f"metadata kept for per-slice metrics: {', '.join(prepared.metadata_columns)}")
 
 
 def render_banner(recipe, out: Console = console) -> None:

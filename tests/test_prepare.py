@@ -56,7 +56,8 @@ def test_directory_of_split_files_keeps_its_splits(tmp_path, cache_dir, split_di
 
 def test_reasoning_source_keeps_difficulty_metadata(tmp_path, cache_dir):
     out = prepare(tmp_path, cache_dir, "data=reasoning", "data.sizes={train: 120, validation: 30, test: 30, ood: 30}").stdout
-    assert "reasoning-gym" in out and "ood" in out
+    assert "reasoning-gym:syllogism" in out and "ood" in out
+    assert "metadata kept for per-slice metrics" in out and "meta_type" in out and "distribution" in out
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "bigbench").is_dir(), reason="needs ../shared/data")

@@ -16,14 +16,14 @@ MAX_SLICE_VALUES = 50  # a metadata column with more distinct values is an id, n
 
 def evaluation_config(cfg: DictConfig, checkpoint_dir: Path) -> DictConfig:
     """The model/task/data settings to rebuild the evaluation data with (the run's own unless overridden)."""
-    from lmreason.evaluation.loading import saved_run_config
+    from lmreason.evaluation.loading import saved_run_config, task_of_model_dir
 
     saved = saved_run_config(checkpoint_dir)
     data = cfg.data if cfg.data is not None else (saved.data if saved is not None else None)
     if data is None:
         raise UserError(f"checkpoint={checkpoint_dir} has no lmreason run config: say which data to evaluate on (e.g. data=local data.path=...)")
     max_length = saved.model.max_length if saved is not None else 512
-    task = saved.task if saved is not None else OmegaConf.create({"name": "cls"})
+    task = saved.task if saved is not None else OmegaConf.create({"name": task_of_model_dir(checkpoint_dir)})
     return OmegaConf.create({
         "model": {"name_or_path": str(checkpoint_dir), "max_length": max_length},
         "task": OmegaConf.to_container(task, resolve=True),
@@ -36,6 +36,8 @@ def evaluation_config(cfg: DictConfig, checkpoint_dir: Path) -> DictConfig:
 def run(cfg: DictConfig) -> dict:
     """Evaluate a run or checkpoint on `cfg.split` (and the OOD split); returns {split: metrics}."""
     if cfg.sweep:
+        if cfg.run or cfg.checkpoint:
+            raise UserError("give sweep= (a multirun dir) or run=/checkpoint= (one model), not both")
         from lmreason.evaluation.sweep import sweep_report
 
         return sweep_report(cfg.sweep)
@@ -47,6 +49,7 @@ def run(cfg: DictConfig) -> dict:
 
     checkpoint_dir, run_dir = resolve_checkpoint(cfg.run, cfg.checkpoint)
     eval_cfg = evaluation_config(cfg, checkpoint_dir)
+    _check_ood_asked_of_a_source_with_some(cfg, eval_cfg)
     device, precision = resolve_device(cfg.device)
     task = get_task(eval_cfg.task.name)
     model, tokenizer = load_model_for_inference(checkpoint_dir, eval_cfg.task.name, device)
@@ -79,13 +82,26 @@ def run(cfg: DictConfig) -> dict:
     return results
 
 
+def _check_ood_asked_of_a_source_with_some(cfg: DictConfig, eval_cfg: DictConfig) -> None:
+    """split=ood of data that has none fails before the model loads or any data is prepared."""
+    from lmreason.data.sources import has_ood_split
+
+    if cfg.split == "ood" and has_ood_split(eval_cfg.data) is False:
+        raise UserError(
+            f"split=ood: the data ({eval_cfg.data.get('name', eval_cfg.data.source)}, source {eval_cfg.data.source}) has no OOD split; "
+            "evaluate another split, or give data with one: data=local data.path=<dir with an ood.* file> or a reasoning data.ood_config"
+        )
+
+
 def _slice_columns(cfg: DictConfig, data, dataset) -> list[str]:
     if cfg.slice_columns is not None:
         missing = [c for c in cfg.slice_columns if c not in dataset.column_names]
         if missing:
             raise UserError(f"slice_columns: no column {', '.join(missing)} in this data; metadata columns are: {', '.join(data.metadata_columns) or 'none'}")
         return list(cfg.slice_columns)
-    return [c for c in data.metadata_columns if c in dataset.column_names and len(set(dataset[c])) <= MAX_SLICE_VALUES]
+    # A column with one value in this split says nothing; one with very many is an id, not a slice.
+    return [c for c in data.metadata_columns
+            if c in dataset.column_names and 2 <= len(set(dataset[c])) <= MAX_SLICE_VALUES]
 
 
 def _write_json(path: Path, payload: dict) -> None:

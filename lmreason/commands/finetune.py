@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -26,16 +28,28 @@ def resolve_resume(cfg: DictConfig) -> tuple[DictConfig, Path]:
 
         recover_checkpoint(run_dir / "checkpoints" / "last")
     if not saved.is_file():
+        if (run_dir / "checkpoints").is_dir():
+            raise UserError(f"resume={cfg.resume}: the run stopped before its first checkpoint was complete; nothing to resume, start it again as a new run")
         raise UserError(f"resume={cfg.resume}: not a finetune run dir (no checkpoints/last/config.yaml); give the run dir of an interrupted finetune")
-    # Plain YAML (no code runs); merged onto the schema so a tampered file fails validation.
-    from lmreason.config import FinetuneCommandConfig
+    # Plain YAML (safe loader: no code runs, nothing is instantiated); merged onto the schema so a
+    # tampered file fails validation.
+    from omegaconf.errors import OmegaConfBaseException
 
-    schema = OmegaConf.structured(FinetuneCommandConfig)
-    saved_cfg = OmegaConf.load(saved)
-    for key in ("task", "data"):  # option-dependent groups: typed by their own schemas
-        schema[key] = saved_cfg[key]
-    merged = OmegaConf.merge(schema, saved_cfg)
+    from lmreason.config import FinetuneCommandConfig
+    from lmreason.evaluation.loading import saved_run_config
+
+    saved_cfg = saved_run_config(saved.parent)
+    try:
+        schema = OmegaConf.structured(FinetuneCommandConfig)
+        for key in ("task", "data"):  # option-dependent groups: typed by their own schemas
+            schema[key] = saved_cfg[key]
+        merged = OmegaConf.merge(schema, saved_cfg)
+    except OmegaConfBaseException as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{saved}: not a valid lmreason finetune config ({first[:160]}); the run dir is damaged or was edited") from None
     merged.resume = str(run_dir)
+    # Code from a run dir runs only when this command asks for it, never because the saved config says so.
+    merged.model.trust_remote_code = bool(cfg.model.trust_remote_code)
     # The saved device group is kept too: a change of precision would change the result.
     return merged, run_dir
 
@@ -56,6 +70,9 @@ def run(cfg: DictConfig) -> dict:
         if recipe.dist.is_main:
             render_banner(recipe)
         results = recipe.train()
+    except Exception as exc:
+        record_failure(recipe, exc)
+        raise
     finally:
         recipe.cleanup()
     if recipe.dist.is_main:
@@ -70,10 +87,29 @@ def run(cfg: DictConfig) -> dict:
     return results
 
 
-def objective(results: dict) -> float:
-    """The value Hydra sweepers optimise: the best monitored validation metric (NaN when diverged)."""
+def record_failure(recipe, exc: Exception) -> None:
+    """metrics.json {"status": "failed", "error": ...} for a run that failed before the trainer wrote one
+    (bad data, bad option, a bug), so that a sweep report shows why. Never touches an existing run."""
+    run_dir = recipe.run_dir
+    if not recipe.dist.is_main or (run_dir / "metrics.json").exists() or (run_dir / "checkpoints").exists():
+        return
+    error = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+    tmp = run_dir / "metrics.json.tmp"
+    tmp.write_text(json.dumps({"status": "failed", "error": error, "monitor": recipe.cfg.train.early_stopping.monitor,
+                               "best_metric": None, "history": []}, indent=2))
+    os.replace(tmp, run_dir / "metrics.json")
+
+
+def objective(results: dict) -> float | None:
+    """The value Hydra sweepers optimise: the best monitored validation metric.
+
+    None, not NaN, when there is none (every validation NaN): the Optuna sweeper then records the
+    trial as failed and goes on, while a NaN makes hydra-optuna-sweeper 1.3 with optuna 2.x crash
+    the whole sweep (facebookresearch/hydra#2237). A diverged or failed job never gets here: in a
+    multirun `hydra_command` returns None for it.
+    """
     value = results.get("best_metric")
-    return float("nan") if value is None else float(value)
+    return None if value is None or not math.isfinite(value) else float(value)
 
 
 main = hydra_command("finetune", objective)(run)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig
@@ -61,11 +62,17 @@ def run(cfg: DictConfig) -> list[dict]:
     device, precision = resolve_device(cfg.device)
     model, tokenizer = load_model_for_inference(checkpoint_dir, task_name, device)
     task = get_task(task_name)
+    began = time.perf_counter()
     predictions = task.infer(model, tokenizer, texts, pairs, cfg, device, precision, max_length, saved)
+    seconds = time.perf_counter() - began  # tokenize + batch + forward (model loading and file I/O excluded)
     if cfg.output:
         _write_jsonl(Path(cfg.output), predictions)
     else:
         task.render_predictions(predictions, cfg)
+    from lmreason.ui import console
+
+    console.print(f"{len(predictions)} predictions in {seconds:.3f} s ({len(predictions) / max(seconds, 1e-9):.1f}/s, "
+                  f"device {device}, {precision})")
     return predictions
 
 

@@ -38,7 +38,8 @@ def label_to_string(value) -> str:
 
 def _require_column(frame: pd.DataFrame, column: str, key: str, where: str) -> None:
     if column not in frame.columns:
-        columns = ", ".join(map(str, frame.columns)) or "none"
+        # repr for odd names (a newline in a header cell must not break the one-line message)
+        columns = ", ".join(str(c) if str(c).isprintable() else repr(str(c)) for c in frame.columns) or "none"
         raise UserError(f"{where}: no column '{column}' ({key}); its columns are: {columns}; set {key}=<one of them>")
 
 
@@ -46,6 +47,18 @@ def _check_filled(frame: pd.DataFrame, column: str, key: str, where: str, what: 
     for row, value in enumerate(frame[column].tolist(), start=1):
         if _missing(value):
             raise UserError(f"{where}: row {row} has an empty {what} in column '{column}' ({key}); fill or remove that row")
+
+
+def _check_plain(frame: pd.DataFrame, column: str, key: str, where: str, what: str, is_label: bool) -> None:
+    """Texts and labels are strings or numbers: not JSON lists/objects, and a label is never NaN/inf."""
+    for row, value in enumerate(frame[column].tolist(), start=1):
+        if isinstance(value, (dict, list, tuple)):
+            kind = "an object" if isinstance(value, dict) else "a list"
+            raise UserError(f"{where}: row {row} has {kind} as its {what} in column '{column}' ({key}); give a plain string or number")
+        if is_label and ((isinstance(value, float) and not math.isfinite(value))
+                         or (isinstance(value, str) and value.strip().lower() == "nan")):
+            raise UserError(f"{where}: row {row} has the label {value!r} in column '{column}' ({key}): NaN/inf is a missing "
+                            "or broken number, not a label; fill or remove that row")
 
 
 def _metadata_columns(frame: pd.DataFrame, data_cfg: DictConfig, canonical: set[str], where: str) -> list[str]:
@@ -79,6 +92,7 @@ def normalize_split(frame: pd.DataFrame, data_cfg: DictConfig, mode: str, where:
     for canonical, (column, key, what) in columns.items():
         _require_column(frame, column, key, where)
         _check_filled(frame, column, key, where, what)
+        _check_plain(frame, column, key, where, what, is_label=canonical == "label")
         values = frame[column].tolist()
         out[canonical] = [label_to_string(v) for v in values] if canonical == "label" else [str(v) for v in values]
     source_columns = {spec[0] for spec in columns.values()}
@@ -103,7 +117,7 @@ def _instruction_to_prompt(frame: pd.DataFrame, data_cfg: DictConfig) -> pd.Data
 def _arrow_friendly(values: list) -> list:
     """Metadata of mixed types (ints and strings) cannot share an Arrow column: use strings then."""
     kinds = {type(v) for v in values if v is not None}
-    if len(kinds) <= 1 or kinds <= {int, float}:
+    if (len(kinds) <= 1 or kinds <= {int, float}) and not kinds & {dict, list}:
         return values
     return [None if v is None else str(v) for v in values]
 
@@ -121,7 +135,7 @@ def check_label_sets(splits: dict[str, pd.DataFrame], origin: str) -> list[str]:
         for row, label in enumerate(frame["label"].tolist(), start=1):
             if label not in train_labels:
                 raise UserError(
-                    f"{origin}: split '{name}' row {row} has label '{label}', which the training split never has; "
+                    f"{origin}: split '{name}' row {row} has label {label!r}, which the training split never has; "
                     "evaluation labels must be a subset of the training labels (fix the label or add training examples)"
                 )
     if len(train_labels) < 2:

@@ -24,6 +24,7 @@ from lmreason.data.examples import check_label_sets, normalize_split
 from lmreason.data.sources import load_source
 from lmreason.data.splitting import stratified_split, subsample
 from lmreason.errors import UserError
+from lmreason.faults import fault_point
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 2  # bump when the layout of a prepared dataset changes
@@ -73,6 +74,7 @@ def prepare_data(cfg: DictConfig, tokenizer=None) -> PreparedData:
     raw = load_source(cfg.data, mode)
     key = prepare_fingerprint(cfg, raw.content_hash, tokenizer)
     path = Path(cfg.cache_dir).expanduser() / "prepared" / f"{cfg.data.name}-{key}"
+    replace = path.is_dir()  # rebuilt although present: force=true, or unreadable
     if path.is_dir() and not cfg.get("force", False):
         try:
             prepared = load_prepared(path)
@@ -84,7 +86,7 @@ def prepare_data(cfg: DictConfig, tokenizer=None) -> PreparedData:
     tokenized, summary = tokenize_splits(cfg, mode, splits, label_names, tokenizer)
     summary.update({"source": raw.origin, "fingerprint": key, "cache": str(path), "task": mode,
                     "model": cfg.model.name_or_path, "max_length": cfg.model.max_length})
-    write_prepared(path, tokenized, {"label_names": label_names, "summary": summary, "metadata_columns": metadata})
+    write_prepared(path, tokenized, {"label_names": label_names, "summary": summary, "metadata_columns": metadata}, replace)
     log.info("prepare: cached at %s", path)
     return load_prepared(path, reused=False)
 
@@ -99,6 +101,11 @@ def build_splits(cfg: DictConfig, raw) -> tuple[dict, list[str], list[str]]:
     splits = {name: normalize_split(frame, data_cfg, mode, f"{raw.origin} [{name}]") for name, frame in frames.items()}
     stratify = "label" if mode == "cls" else None
     if not own_splits:
+        if data_cfg.split_ratios.get("ood"):
+            raise UserError(
+                f"data.split_ratios.ood={data_cfg.split_ratios.ood}: a random share of {raw.origin} is not out of distribution; "
+                "drop it from data.split_ratios and give OOD examples their own file (ood.* in a data directory)"
+            )
         splits = stratified_split(splits["train"], dict(data_cfg.split_ratios), data_cfg.seed, stratify)
     elif "validation" not in splits:
         # Early stopping needs a validation split: carve it from train, keep the source's test.
@@ -143,17 +150,23 @@ def tokenize_splits(cfg, mode, splits, label_names, tokenizer):
     return tokenized, summary
 
 
-def write_prepared(path: Path, tokenized: dict, meta: dict) -> None:
-    """Write next to `path` under a unique name, then rename into place (atomic on one filesystem)."""
+def write_prepared(path: Path, tokenized: dict, meta: dict, replace: bool = False) -> None:
+    """Write next to `path` under a unique name, then rename into place (atomic on one filesystem).
+
+    `replace`: swap out a cache already at `path` (force=true, or it was unreadable). Otherwise a
+    complete cache that a concurrent prepare put there first is kept: same fingerprint, same content,
+    and that process may be reading it.
+    """
     import datasets
 
     datasets.disable_progress_bars()  # our own summary says what was written
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         datasets.DatasetDict(tokenized).save_to_disk(str(tmp))
         (tmp / "lmreason_meta.json").write_text(json.dumps(meta, indent=2))
-        if path.exists():  # force=true, or a corrupt cache: swap it out
+        fault_point("prepare_write")  # tests: two processes arrive here together
+        if path.exists() and (replace or not (path / "lmreason_meta.json").is_file()):
             trash = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
             os.rename(path, trash)
             shutil.rmtree(trash, ignore_errors=True)

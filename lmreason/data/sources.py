@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from typing import Callable
 from pathlib import Path
@@ -31,6 +32,20 @@ class RawSource:
     origin: str                      # where it came from, for messages
     read: Callable[[], dict[str, pd.DataFrame]]  # split name -> frame with the source's columns (lazy:
                                      # a cache hit never pays for parsing or generating)
+
+
+def has_ood_split(data_cfg: DictConfig) -> bool | None:
+    """Whether the source yields an `ood` split, known without reading it (None: only loading tells)."""
+    if data_cfg.source == "reasoning":
+        return data_cfg.ood_config is not None and bool(data_cfg.sizes.get("ood"))
+    if data_cfg.source in ("local", "bigbench"):
+        path = Path(data_cfg.path).expanduser()
+        if not path.exists():
+            return None  # loading reports the missing path
+        if data_cfg.source == "local" and path.is_dir():
+            return any(SPLIT_ALIASES.get(f.stem.lower()) == "ood" and f.suffix.lower() in FORMATS for f in path.iterdir())
+        return False  # one file is split at random: nothing in it is out of distribution
+    return None
 
 
 def load_source(data_cfg: DictConfig, mode: str) -> RawSource:
@@ -116,16 +131,43 @@ def _load_bigbench(cfg: DictConfig, mode: str) -> RawSource:
     return RawSource(_hash_bytes(path.read_bytes()), str(path), lambda: {"train": pd.DataFrame.from_records(rows)})
 
 
+def hub_reachable(timeout: float = 2.0) -> bool:
+    """A quick look-up of the hub's host: offline, `datasets` would otherwise retry for half a minute."""
+    import socket
+    import threading
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    found = []
+
+    def look_up():  # getaddrinfo ignores socket timeouts: run it in a thread we stop waiting for
+        try:
+            found.append(bool(socket.getaddrinfo(host, 443)))
+        except OSError:
+            found.append(False)
+
+    thread = threading.Thread(target=look_up, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(found and found[0])
+
+
 def _load_hub(cfg: DictConfig, mode: str) -> RawSource:
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1" or not hub_reachable()
+    if offline:
+        # Offline: only a copy already in the local datasets cache can load; fail at once otherwise.
+        os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
     import datasets
 
     try:
         loaded = datasets.load_dataset(cfg.dataset_id, cfg.subset, revision=cfg.revision)
-    except Exception as exc:  # offline: ConnectionError, OSError, DatasetNotFoundError, ...
+    except Exception as exc:  # ConnectionError, OSError, DatasetNotFoundError, ...
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        where = "the Hugging Face hub cannot be reached (offline) and it is not in the local datasets cache" if offline \
+            else f"could not load it from the Hugging Face hub ({reason[:200]})"
         raise UserError(
-            f"data.dataset_id={cfg.dataset_id}: could not load it from the Hugging Face hub ({reason[:200]}); "
-            "check the id and your network, or download it and use data=local data.path=<file>"
+            f"data.dataset_id={cfg.dataset_id}: {where}; check the id and your network, "
+            "or download it where you are online and use data=local data.path=<file>"
         ) from None
     names = {ours: theirs for ours, theirs in cfg.split_names.items()}
     frames = {}

@@ -12,6 +12,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from lmreason.errors import UserError
+from lmreason.models.packaged import PACKAGED_MODELS, resolve_model_path
 
 
 def resolve_checkpoint(run: str | None, checkpoint: str | None, prefer: str = "best") -> tuple[Path, Path | None]:
@@ -31,13 +32,25 @@ def resolve_checkpoint(run: str | None, checkpoint: str | None, prefer: str = "b
         for name in (prefer, "last"):
             recover_checkpoint(run_dir / "checkpoints" / name)
             candidate = run_dir / "checkpoints" / name
-            if (candidate / "config.json").is_file():
+            if (candidate / "config.json").is_file() or (candidate / "adapter_config.json").is_file():
                 return candidate, run_dir
         raise UserError(f"run={run}: no checkpoint in {run_dir / 'checkpoints'}; finetune it first (a checkpoint is written at every validation)")
     path = Path(checkpoint).expanduser()
-    if not (path / "config.json").is_file():
-        raise UserError(f"checkpoint={checkpoint}: no model there (config.json missing); give a checkpoint dir or a Hugging Face model dir")
+    if not path.exists() and str(checkpoint).strip().lower() in PACKAGED_MODELS:  # e.g. the untuned SmolLM2
+        path = Path(resolve_model_path(str(checkpoint)))
+    if not ((path / "config.json").is_file() or (path / "adapter_config.json").is_file()):
+        raise UserError(f"checkpoint={checkpoint}: no model there (config.json missing); give a checkpoint dir, a Hugging Face model dir or a packaged model name")
     return path, None
+
+
+def task_of_model_dir(checkpoint_dir: Path) -> str:
+    """A plain Hugging Face model dir: "gen" for a causal LM (or a LoRA adapter), else "cls"."""
+    import json
+
+    if (checkpoint_dir / "adapter_config.json").is_file():
+        return "gen"
+    config = json.loads((checkpoint_dir / "config.json").read_text())
+    return "gen" if "CausalLM" in " ".join(config.get("architectures") or []) else "cls"
 
 
 def saved_run_config(checkpoint_dir: Path) -> DictConfig | None:

@@ -186,8 +186,8 @@ def slice_metrics(labels, probs, slice_values: Sequence, label_names: Sequence[s
     Groups are keyed by ``str(value)`` (so None becomes ``"None"``, and 1 and
     1.0 are different groups). Keys whose text is a number come first in numeric
     order (so 2 sorts before 10), the rest follow alphabetically. ``f1_macro``
-    averages over all ``label_names`` as in :func:`classification_metrics`, so a
-    slice holding few classes scores low on it; read it next to ``acc``.
+    averages over the classes present in the slice (as gold labels or as
+    predictions): a slice holding one class would otherwise score at most 1/C.
 
     Raises:
         ValueError: if ``slice_values`` does not have one value per row, or as
@@ -205,7 +205,9 @@ def slice_metrics(labels, probs, slice_values: Sequence, label_names: Sequence[s
     for key in sorted(rows_by_key, key=_slice_sort_key):
         rows = np.asarray(rows_by_key[key])
         m = classification_metrics(labels[rows], probs[rows], names)
-        slices[key] = {name: m[name] for name in ("n", "acc", "f1_macro", "ece")}
+        present = set(labels[rows].tolist()) | set(probs[rows].argmax(axis=1).tolist())
+        f1s = [m["per_class"][names[c]]["f1"] for c in sorted(present)]
+        slices[key] = {"n": m["n"], "acc": m["acc"], "f1_macro": float(np.mean(f1s)), "ece": m["ece"]}
     return slices
 
 

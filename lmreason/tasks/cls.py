@@ -9,9 +9,11 @@ import pandas as pd
 class ClassificationTask:
     name = "cls"
     monitor_default = "val/acc"
+    validation_metrics = ("loss", "acc", "f1_macro", "ece")  # what `evaluate` returns (checked against the monitor early)
     # Columns of a prepared dataset that are model inputs, and their padding values.
     input_columns = {"input_ids": "pad", "token_type_ids": 0}
     label_padding = None  # one label per example: nothing to pad
+    gathers_validation = True  # evaluate() gathers predictions across DDP ranks: the trainer shards validation
 
     def tokenize(self, frame: pd.DataFrame, tokenizer, cfg, label_names: list[str]) -> dict:
         """Token ids (truncated to model.max_length), label ids, kept and untruncated lengths."""
@@ -38,7 +40,9 @@ class ClassificationTask:
         """The model of a checkpoint dir (weights, config and head), on the CPU."""
         from transformers import AutoModelForSequenceClassification
 
-        return AutoModelForSequenceClassification.from_pretrained(checkpoint, trust_remote_code=cfg.model.trust_remote_code)
+        # safetensors only: a pytorch_model.bin planted in a run dir is never unpickled
+        return AutoModelForSequenceClassification.from_pretrained(checkpoint, use_safetensors=True,
+                                                                  trust_remote_code=cfg.model.trust_remote_code)
 
     def save_model(self, model, tokenizer, target, trainer_state, meta, config_yaml, cfg) -> None:
         from lmreason.training.checkpoint import save_checkpoint
@@ -58,6 +62,8 @@ class ClassificationTask:
         from lmreason.evaluation.metrics import classification_metrics
 
         labels, probs, loss = self.predict(model, batches)
+        if recipe is not None:  # DDP: this rank predicted its share of the split; metrics need all of it
+            labels, probs, loss = recipe.dist.gather_predictions(labels, probs, loss)
         metrics = classification_metrics(labels, probs, label_names, loss=loss)
         return {"loss": metrics["loss"], "acc": metrics["acc"], "f1_macro": metrics["f1_macro"], "ece": metrics["ece"]}
 
@@ -74,6 +80,8 @@ class ClassificationTask:
             count += len(batch["labels"])
             all_probs.append(torch.softmax(logits, dim=-1).cpu())
             all_labels.append(batch["labels"].cpu())
+        if not all_labels:  # DDP: a rank whose share of a small validation split is empty
+            return np.zeros(0, dtype=np.int64), np.zeros((0, model.config.num_labels)), 0.0
         labels = torch.cat(all_labels).numpy()
         probs = torch.cat(all_probs).numpy().astype(np.float64)
         return labels, probs, total_loss / max(count, 1)
@@ -84,6 +92,7 @@ class ClassificationTask:
     def evaluate_split(self, model, tokenizer, dataset, split, data, cfg, eval_cfg, device, precision, out_dir, slice_columns) -> dict:
         """Full report for one split: metrics, slices, plots, predictions.jsonl and metrics.json in `out_dir`."""
         import json
+        import time
 
         import torch
 
@@ -102,6 +111,7 @@ class ClassificationTask:
             raise UserError(f"split {split}: labels {unknown[:5]} are not among the model's labels {model_labels[:10]}; evaluate on data with the model's label set")
         to_model = np.array([model_labels.index(name) for name in data.label_names])
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        began = time.perf_counter()
         examples = TokenizedSplit(dataset, self, pad_id)
         batches = sorted_batches(examples.lengths, cfg.batch_size)
         with torch.inference_mode(), autocast(device, precision):
@@ -111,6 +121,9 @@ class ClassificationTask:
         restored[order] = np.arange(len(order))  # row i of the split sits at restored[i] in batch order
         labels, probs = to_model[labels[restored]], probs[restored]
         metrics = classification_metrics(labels, probs, model_labels, loss=loss)
+        # throughput of batching + forward passes + metrics (model loading, plots and files excluded)
+        metrics["eval_seconds"] = time.perf_counter() - began
+        metrics["samples_per_s"] = len(labels) / metrics["eval_seconds"] if metrics["eval_seconds"] > 0 else None
         metrics["reliability"] = reliability_bins(probs.max(axis=1), probs.argmax(axis=1) == labels)
         metrics["slices"] = {col: slice_metrics(labels, probs, dataset[col], model_labels) for col in slice_columns}
         metrics["split"] = split

@@ -17,11 +17,14 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import uuid
+import warnings
 from pathlib import Path
 
 from lmreason.errors import UserError
+from lmreason.faults import fault_point
 
 STATE_FILE = "trainer_state.pt"
 META_FILE = "lmreason.json"
@@ -49,6 +52,7 @@ def _swap_into_place(tmp: Path, target: Path) -> None:
     aside = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
     if target.exists():
         os.rename(target, aside)
+        fault_point("checkpoint_swap")  # tests: a kill between the two renames
     os.rename(tmp, target)
     shutil.rmtree(aside, ignore_errors=True)
 
@@ -57,9 +61,22 @@ def recover_checkpoint(target: Path) -> None:
     """After a crash between the two renames of `_swap_into_place`, put the moved-aside checkpoint back."""
     if target.exists():
         return
-    aside = sorted(target.parent.glob(f".{target.name}.old-*"))
+    # The newest written, should several be left by repeated crashes.
+    aside = sorted(target.parent.glob(f".{target.name}.old-*"), key=lambda p: p.stat().st_mtime)
     if aside:
         os.rename(aside[-1], target)
+
+
+def discard_partial_checkpoints(checkpoints_dir: Path) -> list[Path]:
+    """Delete what a killed save left behind: unfinished `.<name>.tmp-*` dirs and moved-aside
+    `.<name>.old-*` dirs whose checkpoint is in place. Call only when no save can be running."""
+    removed = []
+    for path in Path(checkpoints_dir).glob(".*"):
+        match = re.fullmatch(r"\.(.+)\.(tmp|old)-[0-9a-f]+", path.name)
+        if match and (match.group(2) == "tmp" or (path.parent / match.group(1)).is_dir()):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
 
 
 def save_checkpoint(target: Path, model, tokenizer, trainer_state: dict, meta: dict, config_yaml: str) -> None:
@@ -76,6 +93,7 @@ def save_checkpoint(target: Path, model, tokenizer, trainer_state: dict, meta: d
         target.parent.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        fault_point("checkpoint_write")  # tests: a kill or a full disk half way through a checkpoint
         torch.save(trainer_state, tmp / STATE_FILE)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=float))
         (tmp / "config.yaml").write_text(config_yaml)
@@ -120,10 +138,17 @@ def load_trainer_state(checkpoint: Path) -> dict:
     if not path.is_file():
         raise UserError(f"{checkpoint}: no {STATE_FILE}; this is not a resumable lmreason checkpoint")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{path}: refused to load it: not a plain trainer state ({first[:160]})") from None
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of foreign files
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, TypeError) as exc:
+        # torch's message suggests loading with weights_only=False: exactly what must not happen here.
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        what = f"it would import {found.group(1)}" if found else "damaged or not a torch file"
+        raise UserError(
+            f"{path}: refused to load it: not a plain trainer state ({what}); lmreason never unpickles code. "
+            "If this run dir came from elsewhere, do not trust it; otherwise start a new run"
+        ) from None
 
 
 def read_meta(checkpoint: Path) -> dict:

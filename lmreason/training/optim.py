@@ -27,6 +27,23 @@ def parameter_groups(model, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": exempt, "weight_decay": 0.0}]
 
 
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("linear", "cosine", "constant")
+
+
+def check_optimization_config(opt_cfg: DictConfig, sched_cfg: DictConfig, reg_cfg: DictConfig) -> None:
+    """The checks of `build_optimizer`/`build_scheduler` that need no model: run before any work starts."""
+    if opt_cfg.name not in OPTIMIZERS:
+        raise UserError(f"optimizer.name={opt_cfg.name} is unknown; use optimizer=adamw or optimizer=sgd")
+    if opt_cfg.lr <= 0:
+        raise UserError(f"optimizer.lr={opt_cfg.lr}: the learning rate must be positive")
+    if reg_cfg.weight_decay < 0:
+        raise UserError(f"regularization.weight_decay={reg_cfg.weight_decay}: must be >= 0")
+    if sched_cfg.name not in SCHEDULES:
+        raise UserError(f"scheduler.name={sched_cfg.name} is unknown; use linear, cosine or constant")
+    warmup_steps(sched_cfg, 1)
+
+
 def build_optimizer(model, opt_cfg: DictConfig, weight_decay: float):
     import torch
 

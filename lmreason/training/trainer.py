@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -23,12 +24,19 @@ from lmreason.training import checkpoint as ckpt
 from lmreason.training.batching import TokenizedSplit, length_grouped_batches, sorted_batches, to_device
 from lmreason.training.distributed import Distributed
 from lmreason.training.early_stopping import EarlyStopping
+from lmreason.faults import fault_point
 
 log = logging.getLogger(__name__)
 
 
 class TrainingDiverged(UserError):
     """The loss or the gradient became NaN/inf."""
+
+
+class TrainingInterrupted(UserError):
+    """SIGINT/SIGTERM (or the test hook) stopped the run after saving a checkpoint."""
+
+    stops_sweep = True  # Ctrl-C in a multirun stops the sweep, not just this job
 
 
 def seed_everything(seed: int) -> None:
@@ -71,12 +79,40 @@ class FinetuneRecipe:
             raise UserError(f"train.early_stopping.mode={es.mode}: use min or max")
         if not t.eval_every_epoch and not t.eval_every_steps:
             raise UserError("no validation scheduled: set train.eval_every_epoch=true or train.eval_every_steps=N")
+        # Checked here, not where they are used: that is after data preparation and model loading.
+        for key in ("log_every_steps", "eval_every_steps", "save_every_steps"):
+            if t[key] is not None and t[key] < 1:
+                raise UserError(f"train.{key}={t[key]}: must be >= 1" + ("" if key == "log_every_steps" else " (or null)"))
+        if t.max_grad_norm is not None and t.max_grad_norm <= 0:
+            raise UserError(f"train.max_grad_norm={t.max_grad_norm}: must be > 0 (or null: no clipping)")
+        if es.patience < 0 or es.min_delta < 0:
+            raise UserError(f"train.early_stopping.patience={es.patience}, min_delta={es.min_delta}: both must be >= 0")
+        from lmreason.training.optim import check_optimization_config
+
+        check_optimization_config(self.cfg.optimizer, self.cfg.scheduler, self.cfg.regularization)
         if self.cfg.task.name == "gen" and self.cfg.model.arch != "decoder":
             raise UserError(f"task=gen needs a decoder model; model.arch={self.cfg.model.arch} (use model=gpt or model=tiny-gpt)")
         if self.cfg.model.lora.enabled and self.cfg.task.name != "gen":
             raise UserError("model.lora.enabled=true is supported with task=gen; turn it off for task=cls")
         if self.cfg.data.source == "reasoning" and self.cfg.data.ood_config is None and "ood" in self.cfg.data.sizes:
             pass  # no ood split is generated: nothing to check here, evaluate reports without a gap
+
+    def _check_monitor(self) -> None:
+        """A monitor the task never reports would otherwise fail at the first validation, an epoch in."""
+        names = getattr(self.task, "validation_metrics", None)  # tasks whose metrics are fixed declare them
+        monitor = self.cfg.train.early_stopping.monitor
+        if names is not None and monitor not in [f"val/{n}" for n in names]:
+            raise UserError(f"train.early_stopping.monitor={monitor} is not a validation metric of task={self.cfg.task.name}; "
+                            f"use one of {', '.join(f'val/{n}' for n in names)}")
+
+    def _check_freezing(self) -> None:
+        """Layer counts come from the model's config: known before any data is prepared."""
+        from lmreason.models.freezing import check_freeze_layers
+        from lmreason.models.loading import load_config
+
+        if self.cfg.regularization.freeze_layers:
+            _, model_config = load_config(self.cfg.model, self.cfg.cache_dir)
+            check_freeze_layers(self.cfg.regularization.freeze_layers, getattr(model_config, "num_hidden_layers", None))
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -92,11 +128,15 @@ class FinetuneRecipe:
         cfg = self.cfg
         self.device, self.precision = resolve_device(cfg.device)
         self.dist.init(self.device)
+        # Under torchrun every rank composed its own Hydra config: a `${now:...}` run dir differs per rank.
+        self.run_dir = Path(self.dist.broadcast(str(self.run_dir)))
         self.task = get_task(cfg.task.name)
+        self._check_monitor()
         self.resume_state = self._load_resume_state()
         seed_everything(cfg.seed + self.dist.rank)
 
         self.tokenizer = load_tokenizer(cfg.model, cfg.cache_dir)
+        self._check_freezing()
         with self.dist.rank_zero_first():  # one process tokenizes and caches; the others reuse it
             self.data = prepare_data(cfg, self.tokenizer)
         if "validation" not in self.data.splits:
@@ -107,7 +147,12 @@ class FinetuneRecipe:
         self.val_split = TokenizedSplit(self.data.splits["validation"], self.task, pad_id)
 
         if self.resume_state is not None:
-            self.model = self.task.load_model(self.run_dir / "checkpoints" / "last", cfg)
+            last = self.run_dir / "checkpoints" / "last"
+            try:
+                self.model = self.task.load_model(last, cfg)
+            except (OSError, ValueError) as exc:  # e.g. weights only as a pickle (never loaded), or damaged
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+                raise UserError(f"{last}: cannot load the checkpoint's model ({first}); lmreason loads safetensors weights only") from None
         else:
             seed_everything(cfg.seed)  # same head init on every rank
             self.model = self.task.build_model(cfg, self.label_names)
@@ -136,7 +181,9 @@ class FinetuneRecipe:
                 raise UserError(f"{self.run_dir} already holds a run; start a new one or resume it with resume={self.run_dir}")
             return None
         last = self.run_dir / "checkpoints" / "last"
-        ckpt.recover_checkpoint(last)
+        for name in ("last", "best"):  # a kill between the renames of a save leaves it moved aside
+            ckpt.recover_checkpoint(self.run_dir / "checkpoints" / name)
+        ckpt.discard_partial_checkpoints(self.run_dir / "checkpoints")  # halves of saves a kill interrupted
         state = ckpt.load_trainer_state(last)
         log.info("resume: continuing %s from step %d", self.run_dir, state["step"])
         return state
@@ -151,6 +198,12 @@ class FinetuneRecipe:
         self.elapsed_before_resume = state.get("elapsed_s", 0.0)
         self.early_stopping.load_state_dict(state["early_stopping"])
         self.history = list(state.get("history", []))
+        saved_world = state.get("world_size", len(state["rng"]) if isinstance(state["rng"], list) else 1)
+        if saved_world != self.dist.world_size:
+            raise UserError(
+                f"{self.run_dir} was trained with {saved_world} process(es), this resume has {self.dist.world_size}: "
+                f"the global batch and data order would change. Resume with {saved_world} "
+                + ("process (no torchrun)" if saved_world == 1 else f"processes (torchrun --nproc_per_node {saved_world} ...)"))
         ckpt.set_rng_state(state["rng"][min(self.dist.rank, len(state["rng"]) - 1)] if isinstance(state["rng"], list) else state["rng"])
 
     def _tensorboard(self):
@@ -174,6 +227,7 @@ class FinetuneRecipe:
         samples = tokens = 0
         window_start, window_samples = time.perf_counter(), 0
         status = "completed"
+        self._write_metrics("running", 0.0, 0, 0)  # a sweep report tells a started run from a dead one
         accum_loss = torch.zeros((), device=self.device)
         last_grad_norm = float("nan")
         while self.step < self.total_steps and status == "completed":
@@ -182,24 +236,29 @@ class FinetuneRecipe:
             while i < len(batches):
                 group = batches[i : min(i + t.grad_accum_steps, len(batches))]
                 accum_loss.zero_()
-                for k, indices in enumerate(group):
+                for k, (indices, weight, global_size) in enumerate(group):
                     batch = to_device(self.train_split.collate(indices), self.device)
                     # DDP: synchronise gradients only on the last micro-batch of the group.
                     with self.dist.no_sync_unless(self.model_for_training, k == len(group) - 1), autocast(self.device, self.precision):
                         loss, _ = self.task.forward(self.model_for_training, batch)
                     if self.fault_nan_at_step == self.step + 1:
                         loss = loss * float("nan")
-                    scaled = loss / len(group)  # mean over the group's micro-batches
+                    # mean over the group's micro-batches; `weight` (1 in one process) makes DDP's gradient
+                    # average the global batch's mean (see Distributed.shard)
+                    scaled = loss * weight / len(group)
                     (self.scaler.scale(scaled) if self.scaler else scaled).backward()
                     accum_loss += scaled.detach()
-                    samples += len(indices) * self.dist.world_size
-                    tokens += int(batch["attention_mask"].sum()) * self.dist.world_size
-                    window_samples += len(indices) * self.dist.world_size
+                    samples += global_size
+                    # real (non-pad) tokens from the host-side lengths: no device sync per micro-batch
+                    tokens += int(self.train_split.lengths[indices].sum()) * self.dist.world_size  # estimate under DDP
+                    window_samples += global_size
+                fault_point("train_step")  # tests: a kill between backward and the optimizer step
                 i += len(group)
                 if self.scaler:
                     self.scaler.unscale_(self.optimizer)
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.max_grad_norm or float("inf"))
                 finite = bool(torch.isfinite(grad_norm)) and bool(torch.isfinite(accum_loss))
+                finite = not self.dist.any_rank(not finite)  # DDP: every rank steps, skips or stops alike
                 if not finite and not self.scaler:
                     if t.nonfinite == "stop":
                         self.optimizer.zero_grad(set_to_none=True)
@@ -227,8 +286,9 @@ class FinetuneRecipe:
                     rate = window_samples / max(now - window_start, 1e-9)
                     window_start, window_samples = now, 0
                     last_grad_norm = float(grad_norm)
-                    self._log_train(float(accum_loss), last_grad_norm, rate)
-                    progress.update(self.step, loss=float(accum_loss), lr=self.scheduler.get_last_lr()[0])
+                    train_loss = float(self.dist.mean(accum_loss))  # DDP: the global batch's loss, not this rank's
+                    self._log_train(train_loss, last_grad_norm, rate)
+                    progress.update(self.step, loss=train_loss, lr=self.scheduler.get_last_lr()[0])
                 else:
                     progress.update(self.step)
                 if t.eval_every_steps and self.step % t.eval_every_steps == 0:
@@ -237,7 +297,9 @@ class FinetuneRecipe:
                     self._save("last", None)
                 if self.fault_stop_after_steps == self.step:
                     self.stop_requested = "LMREASON_STOP_AFTER_STEPS"
-                if self.stop_requested and status == "completed":
+                # DDP: a signal reaches the ranks at different moments; all stop at the step where any saw it.
+                if self.dist.any_rank(self.stop_requested is not None) and status == "completed":
+                    self.stop_requested = self.stop_requested or "a signal to another rank"
                     status = "interrupted"
                 if status != "completed" or self.step >= self.total_steps:
                     break
@@ -251,7 +313,7 @@ class FinetuneRecipe:
             self._save("last", None)
             wall = time.perf_counter() - started
             self._write_metrics("interrupted", wall, samples, tokens)
-            raise UserError(
+            raise TrainingInterrupted(
                 f"stopped by {self.stop_requested} at step {self.step}; checkpoint saved. "
                 f"Continue with: lmreason finetune resume={self.run_dir}"
             )
@@ -265,7 +327,7 @@ class FinetuneRecipe:
         global_batches = length_grouped_batches(
             self.train_split.lengths, t.batch_size * self.dist.world_size, self.cfg.seed, epoch, t.length_grouping
         )
-        return [self.dist.shard(b) for b in global_batches]
+        return [(*self.dist.shard(b), len(b)) for b in global_batches]  # (indices, loss weight, global size)
 
     def _install_signal_handlers(self) -> None:
         def request_stop(signum, frame):
@@ -287,19 +349,27 @@ class FinetuneRecipe:
         from lmreason.training.device import autocast
 
         self.model.eval()
-        batches = (to_device(self.val_split.collate(b), self.device)
-                   for b in self.dist.shard_eval(sorted_batches(self.val_split.lengths, self.cfg.train.eval_batch_size)))
+        index_batches = sorted_batches(self.val_split.lengths, self.cfg.train.eval_batch_size)
+        if getattr(self.task, "gathers_validation", False):
+            index_batches = self.dist.shard_eval(index_batches)  # DDP: each rank predicts a share; the task gathers
+        batches = (to_device(self.val_split.collate(b), self.device) for b in index_batches)
+        batches = _fault_point_after_each(batches, "validation")
         with torch.inference_mode(), autocast(self.device, self.precision):
             metrics = self.task.evaluate(self.model, batches, self.label_names, self)
         self.model.train()
+        # DDP: rank 0's numbers on every rank, so early stopping and "best" are decided once, identically.
+        metrics = self.dist.broadcast(metrics)
         return {f"val/{k}": v for k, v in metrics.items()}
 
     def _validate_and_checkpoint(self, started, samples, tokens) -> str:
         began = time.perf_counter()
         try:
-            return self._validate_and_checkpoint_timed()
+            status = self._validate_and_checkpoint_timed()
         finally:
             self.eval_seconds += time.perf_counter() - began  # kept out of the training throughput
+        # partial results while training goes on (`lmreason evaluate sweep=` reads them); the end overwrites it
+        self._write_metrics("running", time.perf_counter() - started, samples, tokens)
+        return status
 
     def _validate_and_checkpoint_timed(self) -> str:
         metrics = self.validate()
@@ -339,6 +409,7 @@ class FinetuneRecipe:
             "early_stopping": self.early_stopping.state_dict(),
             "history": self.history,
             "elapsed_s": self.elapsed_before_resume,
+            "world_size": self.dist.world_size,  # a resume must use as many processes (same global batch)
         }
 
     def _save(self, name: str, metrics: dict | None) -> None:
@@ -369,6 +440,7 @@ class FinetuneRecipe:
         results = {
             "status": status,
             "monitor": es.monitor,
+            "mode": es.mode,
             "best_metric": es.best,
             "best_step": es.best_step,
             "val": {k: v for k, v in (best_entry or {}).items() if k.startswith("val/")},
@@ -388,11 +460,17 @@ class FinetuneRecipe:
             "precision": self.precision,
             "world_size": self.dist.world_size,
             "history": self.history,
+            # who writes it, and when: tells a sweep report a live "running" run from a killed one
+            "process": {"host": socket.gethostname(), "pid": os.getpid(), "updated_at": time.time()},
         }
         if self.dist.is_main:
             tmp = self.run_dir / "metrics.json.tmp"
-            tmp.write_text(json.dumps(results, indent=2, default=float))
-            os.replace(tmp, self.run_dir / "metrics.json")
+            try:
+                tmp.write_text(json.dumps(results, indent=2, default=float))
+                os.replace(tmp, self.run_dir / "metrics.json")
+            except OSError as exc:
+                raise UserError(f"cannot write {self.run_dir / 'metrics.json'} ({exc.strerror or exc}); the checkpoints are kept. "
+                                "Free disk space, then finish with: lmreason finetune resume=" + str(self.run_dir)) from None
             if self.writer and status in ("completed", "early_stopped"):
                 self._log_hparams(results)
         return results
@@ -414,3 +492,10 @@ class FinetuneRecipe:
         if getattr(self, "writer", None):
             self.writer.close()
         self.dist.cleanup()
+
+
+def _fault_point_after_each(batches, name: str):
+    """Yield `batches`, passing fault point `name` after each one is consumed (tests: a kill mid-validation)."""
+    for batch in batches:
+        yield batch
+        fault_point(name)
