@@ -35,7 +35,7 @@ def usage_text() -> str:
 
 
 def torchrun_worker_overrides(argv: list[str]) -> list[str]:
-    """Under torchrun every rank runs this CLI. Ranks other than 0 write no Hydra files (config, log):
+    """Under torchrun every rank runs `finetune`. Ranks other than 0 write no Hydra files (config, log):
     they share rank 0's run dir, which the trainer broadcasts (their own `${now:...}` dir would differ)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or int(os.environ.get("RANK", "0")) == 0:
         return []
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module = importlib.import_module(f"lmreason.commands.{command}")
     # Hydra reads sys.argv itself; argv[0] names the app in its help and logs.
-    sys.argv = [f"lmreason {command}", *argv[1:], *torchrun_worker_overrides(argv)]
+    sys.argv = [f"lmreason {command}", *argv[1:], *(torchrun_worker_overrides(argv) if command == "finetune" else [])]
     module.main()
     return 0
 

@@ -8,8 +8,13 @@ RUN_DIR="outputs/demo/$(date +%Y-%m-%d_%H-%M-%S)"
 echo "== lmreason demo: run dir $RUN_DIR"
 lmreason prepare
 lmreason finetune "hydra.run.dir=$RUN_DIR"
-lmreason evaluate "run=$RUN_DIR"
-# infer: the first OOD questions, as a user would feed a file of new inputs
-head -n 5 "$RUN_DIR/eval/ood/predictions.jsonl" > "$RUN_DIR/new_questions.jsonl"
+# infer: new questions from a file, as a user would feed them (one syllogism of each kind)
+cat > "$RUN_DIR/new_questions.jsonl" <<'JSONL'
+{"text": "Consider these statements:\n1. All whales are mammals\n2. All mammals are animals\n\nDoes it logically follow that:\nAll whales are animals?\n(Answer Yes or No)"}
+{"text": "Consider these statements:\n1. Some poets are bakers\n2. No bakers are pilots\n\nDoes it logically follow that:\nAll poets are pilots?\n(Answer Yes or No)"}
+{"text": "Consider these statements:\n1. No cats are dogs\n2. Some dogs are pets\n\nDoes it logically follow that:\nNo dogs are cats?\n(Answer Yes or No)"}
+JSONL
 lmreason infer "run=$RUN_DIR" "input=$RUN_DIR/new_questions.jsonl"
-echo "== done. TensorBoard: tensorboard --logdir outputs"
+# evaluate last: it ends with the in-distribution vs OOD table
+lmreason evaluate "run=$RUN_DIR"
+echo "== done. Reports: $RUN_DIR/eval/. TensorBoard: tensorboard --logdir outputs"

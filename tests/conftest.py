@@ -55,7 +55,9 @@ def write_split_dir(root: Path) -> Path:
     write_sentiment_csv(root / "validation.csv", 48, seed=2)
     write_sentiment_csv(root / "test.csv", 48, seed=3)
     ood = write_sentiment_csv(root / "ood.csv", 48, seed=4)
-    ood.write_text(ood.read_text().replace("the film was really", "honestly, after a long week, the film was fairly"))
+    # No commas in the filler: unquoted, they made rows of 5 fields under a 3-column header (pandas silently
+    # took the extra leading fields as an index, dropping the filler; lmreason's reader now refuses such rows).
+    ood.write_text(ood.read_text().replace("the film was really", "honestly after a long week the film was fairly"))
     return root
 
 

@@ -112,7 +112,6 @@ def test_killed_anywhere_resumes_to_the_same_weights_and_metrics(tmp_path, cache
     assert not last.exists()
     aside = list(last.parent.glob(".last.old-*"))
     assert len(aside) == 1 and checkpoint_step(aside[0]) == 9  # complete: resume and evaluate put it back
-    assert not list(last.parent.glob(".last.tmp-*"))
     # Resumed at 9 (put back), SIGTERM during step 11: it finishes the step, saves and says how to go on.
     proc = stage("train_step:2:TERM")
     assert proc.returncode == 1
@@ -199,7 +198,7 @@ BAD_FINETUNE_CONFIGS = {
     "a negative learning rate": (["optimizer.lr=-0.1"], "optimizer.lr=-0.1"),
     "an unknown schedule": (["scheduler.name=exponential"], "scheduler.name=exponential is unknown"),
     "no clipping bound": (["train.max_grad_norm=0"], "train.max_grad_norm=0"),
-    "an OOD share of one file": (["data.split_ratios={train: 0.7, validation: 0.1, test: 0.1, ood: 0.1}"],
+    "an OOD share of one file": (["+data.split_ratios.ood=0.1"],
                                  "data.split_ratios.ood=0.1: a random share of"),
 }
 
@@ -249,7 +248,7 @@ def test_nonfinite_skip_skips_the_step_counts_it_and_finishes(tmp_path, cache_di
                                   "train.nonfinite=skip", "train.early_stopping.enabled=false")
     metrics = read_json(tmp_path / "out" / "metrics.json")
     assert metrics["status"] == "completed" and metrics["skipped_steps"] == results["skipped_steps"] == 1
-    assert metrics["steps"] == 8  # the skipped step still counts: the schedule is unchanged
+    assert metrics["steps"] == 6  # 48 rows / 16 x 2 epochs: the skipped step still counts, the schedule is unchanged
     assert all(torch.isfinite(w).all() for w in weights(tmp_path / "out" / "checkpoints" / "last").values())
 
 
@@ -334,7 +333,7 @@ def test_a_saved_config_with_python_yaml_tags_is_refused(tmp_path, cache_dir, ru
     marker = tmp_path / "pwned"
     for name in ("best", "last"):
         path = run_copy / "checkpoints" / name / "config.yaml"
-        path.write_text(f"seed: !!python/object/apply:os.system ['touch {marker}']\n" + path.read_text())
+        path.write_text(f"planted: !!python/object/apply:os.system ['touch {marker}']\n" + path.read_text())
     with pytest.raises(UserError) as exc:
         evaluate.run(compose_command("evaluate", [f"run={run_copy}", "device=cpu"], tmp_path, cache_dir))
     assert "unreadable config" in one_line(exc)
@@ -344,7 +343,7 @@ def test_a_saved_config_with_python_yaml_tags_is_refused(tmp_path, cache_dir, ru
     assert not marker.exists()
 
 
-def test_remote_code_in_a_run_dir_stays_off_unless_asked(tmp_path, cache_dir, run_copy, monkeypatch):
+def test_remote_code_in_a_run_dir_stays_off_unless_asked(tmp_path, cache_dir, run_copy):
     """A checkpoint whose config.json maps the model to its own module (code that would run on import), and a
     saved config that says trust_remote_code: true. evaluate, infer and resume must not run that code."""
     from lmreason.commands import evaluate, infer
@@ -364,9 +363,7 @@ def test_remote_code_in_a_run_dir_stays_off_unless_asked(tmp_path, cache_dir, ru
     evaluate.run(compose_command("evaluate", [f"run={run_copy}", "split=validation", "compare_ood=false", "device=cpu"],
                                  tmp_path, cache_dir))
     infer.run(compose_command("infer", [f"run={run_copy}", "text=a great film", "device=cpu"], tmp_path, cache_dir))
-    monkeypatch.setenv("LMREASON_STOP_AFTER_STEPS", "1")  # the model has loaded by then: enough
-    with pytest.raises(UserError, match="stopped by LMREASON_STOP_AFTER_STEPS"):
-        finetune_in_process(tmp_path, cache_dir, f"resume={run_copy}")
+    finetune_in_process(tmp_path, cache_dir, f"resume={run_copy}")  # loads the last checkpoint's model
     assert not marker.exists()
 
 

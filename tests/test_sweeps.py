@@ -57,6 +57,33 @@ def test_objective_is_none_without_a_finite_metric():
     assert objective({"best_metric": float("nan")}) is None
 
 
+def test_a_failure_is_recorded_only_in_a_fresh_dir_or_over_its_own_running_record(tmp_path):
+    from lmreason.commands.finetune import record_failure
+    from lmreason.errors import UserError
+
+    cfg = OmegaConf.create({"train": {"early_stopping": {"monitor": "val/acc"}}})
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    record_failure(fresh, cfg, UserError("data.path=x.csv: no such file"))
+    assert read_json(fresh / "metrics.json") == {"monitor": "val/acc", "best_metric": None, "history": [],
+                                                 "status": "failed", "error": "data.path=x.csv: no such file"}
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "metrics.json").write_text(json.dumps({"status": "running", "history": [{"step": 2}], "process": {"pid": os.getpid()}}))
+    record_failure(own, cfg, KeyError("boom"))  # a bug mid-training: the partial history stays
+    assert read_json(own / "metrics.json")["status"] == "failed"
+    assert read_json(own / "metrics.json")["history"] == [{"step": 2}]
+    assert read_json(own / "metrics.json")["error"] == "KeyError: 'boom'"
+    for name, content in {"diverged": {"status": "diverged"}, "other": {"status": "running", "process": {"pid": 1}}}.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps(content))
+        record_failure(tmp_path / name, cfg, UserError("x"))
+        assert read_json(tmp_path / name / "metrics.json") == content
+    (tmp_path / "earlier" / "checkpoints").mkdir(parents=True)
+    record_failure(tmp_path / "earlier", cfg, UserError("already holds a run"))
+    assert not (tmp_path / "earlier" / "metrics.json").exists()
+
+
 # ----------------------------------------------------------------------------- sweep report on a crafted sweep dir
 def fake_run(root: Path, name: str, overrides: list[str], metrics=None, raw: str | None = None, test_acc=None) -> Path:
     run = root / name

@@ -64,17 +64,19 @@ def run(cfg: DictConfig) -> dict:
     else:
         run_dir = Path(cfg.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    recipe = FinetuneRecipe(cfg, run_dir)
+    recipe = None
     try:
+        recipe = FinetuneRecipe(cfg, run_dir)  # checks the config: may raise too
         recipe.setup()
         if recipe.dist.is_main:
             render_banner(recipe)
         results = recipe.train()
     except Exception as exc:
-        record_failure(recipe, exc)
+        record_failure(recipe.run_dir if recipe else run_dir, cfg, exc)
         raise
     finally:
-        recipe.cleanup()
+        if recipe is not None:
+            recipe.cleanup()
     if recipe.dist.is_main:
         from lmreason.ui import console
 
@@ -87,17 +89,34 @@ def run(cfg: DictConfig) -> dict:
     return results
 
 
-def record_failure(recipe, exc: Exception) -> None:
-    """metrics.json {"status": "failed", "error": ...} for a run that failed before the trainer wrote one
-    (bad data, bad option, a bug), so that a sweep report shows why. Never touches an existing run."""
-    run_dir = recipe.run_dir
-    if not recipe.dist.is_main or (run_dir / "metrics.json").exists() or (run_dir / "checkpoints").exists():
+def record_failure(run_dir: Path, cfg: DictConfig, exc: Exception) -> None:
+    """metrics.json status "failed" with the error, for a run that failed before the trainer wrote a
+    final status (bad data, bad option, a bug), so that a sweep report shows why. A run dir of an
+    earlier run is never touched: only a fresh dir, or this process's own "running" record."""
+    path = run_dir / "metrics.json"
+    if int(os.environ.get("RANK", "0")) != 0:  # DDP: rank 0 writes
         return
-    error = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+    try:
+        monitor = cfg.train.early_stopping.monitor
+    except Exception:  # this record must never hide the error itself
+        monitor = None
+    record = {"monitor": monitor, "best_metric": None, "history": []}
+    if path.exists():
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return
+        if record.get("status") != "running" or record.get("process", {}).get("pid") != os.getpid():
+            return  # the trainer's own final status (diverged, interrupted) or another run's file
+    elif (run_dir / "checkpoints").exists():
+        return
+    record.update(status="failed", error=str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}")
     tmp = run_dir / "metrics.json.tmp"
-    tmp.write_text(json.dumps({"status": "failed", "error": error, "monitor": recipe.cfg.train.early_stopping.monitor,
-                               "best_metric": None, "history": []}, indent=2))
-    os.replace(tmp, run_dir / "metrics.json")
+    try:
+        tmp.write_text(json.dumps(record, indent=2, default=float))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # e.g. a read-only dir: the error itself is what the user must see
 
 
 def objective(results: dict) -> float | None:

@@ -90,6 +90,12 @@ def generate_texts(model, tokenizer, prompt_ids: list[list[int]], gen_cfg, devic
     Returns (texts in input order, whether each stopped at eos rather than at max_new_tokens).
     `streamer` (a transformers TextStreamer) prints tokens as they come; it needs one prompt.
     """
+    tokens, finished = generate_ids(model, tokenizer, prompt_ids, gen_cfg, device, precision, streamer)
+    return [tokenizer.decode(t, skip_special_tokens=True).strip() for t in tokens], finished
+
+
+def generate_ids(model, tokenizer, prompt_ids: list[list[int]], gen_cfg, device, precision, streamer=None) -> tuple[list[list[int]], list[bool]]:
+    """As `generate_texts`, but the new token ids of each answer (up to, not including, its eos)."""
     import torch
     from transformers import GenerationConfig
 
@@ -110,7 +116,7 @@ def generate_texts(model, tokenizer, prompt_ids: list[list[int]], gen_cfg, devic
     lengths = np.array([len(p) for p in prompt_ids])
     if (lengths == 0).any():
         raise UserError(f"prompt {int(np.argmin(lengths)) + 1} has no tokens; every prompt needs some text")
-    texts, finished = [""] * len(prompt_ids), [False] * len(prompt_ids)
+    answers, finished = [[] for _ in prompt_ids], [False] * len(prompt_ids)
     stop_set = torch.tensor(stops)
     for batch in sorted_batches(lengths, 1 if streamer is not None else gen_cfg.batch_size):
         width = int(lengths[batch].max())
@@ -128,8 +134,8 @@ def generate_texts(model, tokenizer, prompt_ids: list[list[int]], gen_cfg, devic
             at_stop = torch.isin(tokens, stop_set).nonzero()
             end = int(at_stop[0]) if len(at_stop) else len(tokens)
             finished[i] = bool(len(at_stop))
-            texts[i] = tokenizer.decode(tokens[:end], skip_special_tokens=True).strip()
-    return texts, finished
+            answers[i] = tokens[:end].tolist()
+    return answers, finished
 
 
 class GenerationTask:

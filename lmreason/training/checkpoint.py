@@ -114,7 +114,10 @@ def link_checkpoint(source: Path, target: Path) -> None:
         _swap_into_place(tmp, target)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise UserError(f"cannot write checkpoint {target} ({exc.strerror or exc}); the previous one is kept") from None
+        # copytree gathers its failures into one shutil.Error([(src, dst, reason), ...]): show the first reason
+        reason = exc.args[0][0][2] if isinstance(exc, shutil.Error) and exc.args and exc.args[0] else (exc.strerror or exc)
+        raise UserError(f"cannot write checkpoint {target} ({reason}); the previous one is kept. "
+                        "Free disk space or choose a writable output dir (hydra.run.dir=...)") from None
 
 
 def _link_or_copy(src, dst):

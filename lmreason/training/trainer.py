@@ -353,7 +353,7 @@ class FinetuneRecipe:
         if getattr(self.task, "gathers_validation", False):
             index_batches = self.dist.shard_eval(index_batches)  # DDP: each rank predicts a share; the task gathers
         batches = (to_device(self.val_split.collate(b), self.device) for b in index_batches)
-        batches = _fault_point_after_each(batches, "validation")
+        batches = _fault_point_after_first(batches, "validation")
         with torch.inference_mode(), autocast(self.device, self.precision):
             metrics = self.task.evaluate(self.model, batches, self.label_names, self)
         self.model.train()
@@ -494,8 +494,9 @@ class FinetuneRecipe:
         self.dist.cleanup()
 
 
-def _fault_point_after_each(batches, name: str):
-    """Yield `batches`, passing fault point `name` after each one is consumed (tests: a kill mid-validation)."""
-    for batch in batches:
+def _fault_point_after_first(batches, name: str):
+    """Yield `batches`, passing fault point `name` once the first is consumed (tests: a kill mid-validation)."""
+    for number, batch in enumerate(batches):
         yield batch
-        fault_point(name)
+        if number == 0:
+            fault_point(name)
