@@ -137,6 +137,14 @@ def test_killed_anywhere_resumes_to_the_same_weights_and_metrics(tmp_path, cache
     assert sorted(p.name for p in last.parent.iterdir()) == ["best", "last"]  # nothing half-written left
 
 
+def test_a_run_killed_before_its_first_checkpoint_says_so_on_resume(tmp_path, cache_dir):
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints" / ".last.tmp-0123abcd").mkdir(parents=True)  # what a kill in the first save leaves
+    with pytest.raises(UserError) as exc:
+        finetune_in_process(tmp_path, cache_dir, f"resume={run_dir}")
+    assert "stopped before its first checkpoint was complete; nothing to resume" in one_line(exc)
+
+
 def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path, cache_dir, monkeypatch):
     data = write_sentiment_csv(tmp_path / "data.csv", 60, seed=22)
     monkeypatch.setenv("LMREASON_FAULT_AT", "train_step:2:INT")  # Ctrl-C during step 2
