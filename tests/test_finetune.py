@@ -88,6 +88,10 @@ def test_early_stopping_stops(tmp_path, cache_dir):
     metrics = read_json(run_dir / "metrics.json")
     assert metrics["status"] == "early_stopped"
     assert len(metrics["history"]) == 2
+    # Resuming a run that already stopped trains nothing more.
+    run_cli("finetune", f"resume={run_dir}", cache_dir=cache_dir, cwd=tmp_path)
+    again = read_json(run_dir / "metrics.json")
+    assert again["status"] == "early_stopped" and again["steps"] == metrics["steps"]
 
 
 def test_multirun_gives_one_complete_run_dir_per_job(tmp_path, cache_dir):

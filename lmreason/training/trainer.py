@@ -226,7 +226,8 @@ class FinetuneRecipe:
         started = time.perf_counter()
         samples = tokens = 0
         window_start, window_samples = time.perf_counter(), 0
-        status = "completed"
+        # A resumed run that had already early-stopped has nothing left to train.
+        status = "early_stopped" if self.early_stopping.should_stop else "completed"
         self._write_metrics("running", 0.0, 0, 0)  # a sweep report tells a started run from a dead one
         accum_loss = torch.zeros((), device=self.device)
         last_grad_norm = float("nan")
@@ -263,10 +264,12 @@ class FinetuneRecipe:
                     if t.nonfinite == "stop":
                         self.optimizer.zero_grad(set_to_none=True)
                         self._write_metrics("diverged", time.perf_counter() - started, samples, tokens)
+                        last = self.run_dir / "checkpoints" / "last"
+                        kept = (f"the last good checkpoint is kept in {last}" if (last / "config.json").is_file()
+                                else "no checkpoint had been written yet")
                         raise TrainingDiverged(
                             f"the loss or gradient became NaN/inf at step {self.step + 1} (epoch {self.epoch + 1}); "
-                            f"the last good checkpoint is kept in {self.run_dir / 'checkpoints' / 'last'}. "
-                            "Lower optimizer.lr, use precision fp32, or set train.nonfinite=skip"
+                            f"{kept}. Lower optimizer.lr, use precision fp32, or set train.nonfinite=skip"
                         )
                     self.skipped_steps += 1
                     self.optimizer.zero_grad(set_to_none=True)
