@@ -225,6 +225,7 @@ class EvaluateCommandConfig:
     slice_columns: Optional[List[str]] = None
     batch_size: int = 64
     data: Any = None
+    task: Any = None
     device: DeviceConfig = field(default_factory=DeviceConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     cache_dir: str = MISSING

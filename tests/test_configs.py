@@ -16,7 +16,7 @@ GROUPS = {group: sorted(p.stem for p in (CONF / group).glob("*.yaml")) for group
 COMMAND_GROUPS = {
     "prepare": ("model", "task", "data"),
     "finetune": ("model", "task", "data", "optimizer", "scheduler", "regularization", "device", "generation"),
-    "evaluate": ("data", "device", "generation"),
+    "evaluate": ("data", "task", "device", "generation"),
     "infer": ("device", "generation"),
 }
 REQUIRED = {"local": ["data.path=x.csv"], "sst2": ["data.path=sst2"], "bigbench": ["data.path=task.json"],

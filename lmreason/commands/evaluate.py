@@ -24,6 +24,10 @@ def evaluation_config(cfg: DictConfig, checkpoint_dir: Path) -> DictConfig:
         raise UserError(f"checkpoint={checkpoint_dir} has no lmreason run config: say which data to evaluate on (e.g. data=local data.path=...)")
     max_length = saved.model.max_length if saved is not None else 512
     task = saved.task if saved is not None else OmegaConf.create({"name": task_of_model_dir(checkpoint_dir)})
+    if cfg.get("task") is not None:  # other prompt settings, e.g. the format a fine-tuned run used, for its base model
+        if cfg.task.name != task.name:
+            raise UserError(f"task={cfg.task.name}: {checkpoint_dir} is a task={task.name} model; evaluate it with task={task.name} or leave task unset")
+        task = cfg.task
     return OmegaConf.create({
         "model": {"name_or_path": str(checkpoint_dir), "max_length": max_length},
         "task": OmegaConf.to_container(task, resolve=True),
