@@ -45,6 +45,31 @@ def torchrun_worker_overrides(argv: list[str]) -> list[str]:
     return overrides
 
 
+def share_group_listing() -> None:
+    """Make `<command> --help` answer in ~0.4 s instead of ~2 s (same text).
+
+    Hydra's help lists every config group (twice), and each listing deep-copies the whole
+    config repository (every YAML and structured schema): ~110 copies, ~80% of the time.
+    One help call lists from one unchanged repository, so the copy made for a given
+    (config, overrides) is shared. Skipped if Hydra's internals differ from 1.3's.
+    """
+    try:
+        from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+        original = ConfigLoaderImpl._parse_overrides_and_create_caching_repo
+    except (ImportError, AttributeError):
+        return
+    shared: dict = {}
+
+    def parse_once(self, config_name, overrides):
+        key = (id(self), config_name, tuple(overrides))
+        if key not in shared:
+            shared[key] = original(self, config_name, overrides)
+        return shared[key]
+
+    ConfigLoaderImpl._parse_overrides_and_create_caching_repo = parse_once
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -65,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
               "Sweep without torchrun, or launch one torchrun per job", file=sys.stderr)
         return 2
     module = importlib.import_module(f"lmreason.commands.{command}")
+    if any(arg in ("-h", "--help", "--hydra-help") for arg in argv[1:]):
+        share_group_listing()
     # Hydra reads sys.argv itself; argv[0] names the app in its help and logs.
     sys.argv = [f"lmreason {command}", *argv[1:], *(torchrun_worker_overrides(argv) if command == "finetune" else [])]
     module.main()

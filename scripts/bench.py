@@ -171,7 +171,8 @@ class Bench:
                                 "max_1min": max(self.loads + [load_start[0], load_end[0]]),
                                 "median_1min": statistics.median(self.loads) if self.loads else load_start[0]}
         self.results["summary"] = summarize(self.results)
-        self.results["command"] = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+        self.results["command"] = " ".join(["python scripts/bench.py", *sys.argv[1:]])
+        self.results["git"] = git_revision()
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.out.write_text(json.dumps(self.results, indent=2, default=float))
         print(render_table(self.results))
@@ -393,7 +394,11 @@ def render_table(results: dict) -> str:
 
     def mark(name):
         c = checks.get(name)
-        return "" if c is None else f"{'ok' if c['met'] else 'MISSED'} ({'>=' if name.endswith(('speedup', 'points')) or name.startswith('mfu') else '<='} {c['target']:g})"
+        if c is None:
+            return ""
+        sign = ">=" if name.endswith(("speedup", "points")) or name.startswith("mfu") else "<="
+        target = f"{100 * c['target']:g}%" if name.startswith("mfu") else f"{c['target']:g}"
+        return f"{'ok' if c['met'] else 'MISSED'} ({sign} {target})"
 
     def fmt(v, spec=".1f"):
         return "-" if v is None else format(v, spec)
@@ -434,6 +439,16 @@ def render_table(results: dict) -> str:
               f"transformers {m['transformers']}; load average 1 min: start {load['start'][0]:.2f}, "
               f"median {load['median_1min']:.2f}, max {load['max_1min']:.2f}")
     return "\n".join(lines + [footer])
+
+
+def git_revision() -> str | None:
+    """The commit benchmarked (+ "-dirty" when the tree has changes), if this is a git checkout."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+        return head + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None
 
 
 def write_quick_data(root: Path) -> Path:

@@ -51,7 +51,8 @@ class TokenizedSplit:
             if column in dataset.column_names:
                 self.columns[column] = ([torch.tensor(x) for x in dataset[column]], pad_token_id if pad == "pad" else pad)
         if task.label_padding is None:
-            self.labels = torch.tensor(dataset["labels"])
+            # via numpy: torch.tensor on a datasets Column reads it row by row (~0.1 s per 1,000 rows)
+            self.labels = torch.as_tensor(np.asarray(dataset["labels"], dtype=np.int64))
         else:
             self.labels = [torch.tensor(x) for x in dataset["labels"]]
         self.label_padding = task.label_padding
