@@ -77,7 +77,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
                    help="same-settings precision (auto: bf16 on CUDA, fp32 on the CPU)")
     p.add_argument("--threads", type=int, default=None, help="torch threads, both sides (default: torch's own)")
-    p.add_argument("--reps", type=int, default=3, help="repetitions of each timed pair (medians are reported)")
+    p.add_argument("--reps", type=int, default=3, help="repetitions of each timed training pair (medians are reported)")
+    p.add_argument("--eval-reps", type=int, default=5,
+                   help="repetitions of each evaluate and infer pair (a few seconds each: more of them steady the median)")
     p.add_argument("--startup-reps", type=int, default=5)
     p.add_argument("--phases", default="ceiling,train,evaluate,infer,startup",
                    help="comma list of ceiling,train,evaluate,infer,startup")
@@ -88,7 +90,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--child", nargs=2, metavar=("KIND", "SPEC"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
-        args.reps, args.startup_reps = 1, 1
+        args.reps, args.eval_reps, args.startup_reps = 1, 1, 1
         args.max_length = min(args.max_length, 64)
         args.batch_size, args.eval_batch_size, args.infer_batch_size = 8, 16, 8
         args.train_rows, args.val_rows = 0, 0
@@ -185,7 +187,7 @@ class Bench:
                 "train_rows": setup["data"]["train_rows"], "val_rows": setup["data"]["val_rows"],
                 "batch_size": a.batch_size, "eval_batch_size": a.eval_batch_size, "infer_batch_size": a.infer_batch_size,
                 "lr": a.lr, "warmup": a.warmup, "schedule": "linear", "epochs": a.epochs, "max_length": a.max_length,
-                "precision_same": setup["precision"], "threads": a.threads, "reps": a.reps, "quick": a.quick}
+                "precision_same": setup["precision"], "threads": a.threads, "reps": a.reps, "eval_reps": a.eval_reps, "quick": a.quick}
 
     def setup(self) -> dict:
         a = self.args
@@ -262,8 +264,8 @@ class Bench:
         threads = [f"device.threads={a.threads}"] if a.threads else []
         lm_run, hf_run = runs[("same", "lmreason")], runs[("same", "trainer")]
         out = {"lmreason": [], "trainer": []}
-        print(f"evaluate: {a.reps} repetition(s), batch {a.eval_batch_size}", flush=True)
-        for rep in range(a.reps):
+        print(f"evaluate: {a.eval_reps} repetition(s), batch {a.eval_batch_size}", flush=True)
+        for rep in range(a.eval_reps):
             for side in (["lmreason", "trainer"] if rep % 2 == 0 else ["trainer", "lmreason"]):
                 name = f"evaluate {side} #{rep + 1}"
                 if side == "lmreason":
@@ -288,8 +290,8 @@ class Bench:
         lm_run, hf_run = runs[("same", "lmreason")], runs[("same", "trainer")]
         inputs = setup["data"]["infer_input"]
         out = {"lmreason": [], "pipeline": []}
-        print(f"infer: {a.reps} repetition(s), batch {a.infer_batch_size}, {setup['data']['val_rows']} texts", flush=True)
-        for rep in range(a.reps):
+        print(f"infer: {a.eval_reps} repetition(s), batch {a.infer_batch_size}, {setup['data']['val_rows']} texts", flush=True)
+        for rep in range(a.eval_reps):
             for side in (["lmreason", "pipeline"] if rep % 2 == 0 else ["pipeline", "lmreason"]):
                 name = f"infer {side} #{rep + 1}"
                 if side == "lmreason":

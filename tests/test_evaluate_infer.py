@@ -51,8 +51,14 @@ def test_infer_texts_and_files_in_input_order(tmp_path, cache_dir, finished_run)
             "batch_size=1", cache_dir=cache_dir, cwd=tmp_path)
     rows = [json.loads(line) for line in output.read_text().splitlines()]
     assert [r["text"] for r in rows] == texts
-    assert [r["label"] for r in rows] == ["0", "1"]
     assert abs(sum(rows[0]["probs"].values()) - 1) < 1e-4
+    # the same texts given the other way round, batched together: each row keeps its own prediction
+    reversed_output = tmp_path / "reversed.jsonl"
+    run_cli("infer", f"run={finished_run}", f"text=[{texts[1].replace(',', '')},{texts[0]}]", f"output={reversed_output}",
+            cache_dir=cache_dir, cwd=tmp_path)
+    reversed_rows = [json.loads(line) for line in reversed_output.read_text().splitlines()]
+    assert reversed_rows[1]["text"] == texts[0] and reversed_rows[1]["label"] == rows[0]["label"]
+    assert abs(reversed_rows[1]["probs"]["1"] - rows[0]["probs"]["1"]) < 1e-5
     txt = tmp_path / "inputs.txt"
     txt.write_text("\n".join(texts) + "\n")
     run_cli("infer", f"run={finished_run}", f"input={txt}", f"output={output}", cache_dir=cache_dir, cwd=tmp_path)

@@ -124,6 +124,7 @@ class FinetuneRecipe:
         from lmreason.tasks import get_task
         from lmreason.training.device import resolve_device
         from lmreason.training.dropout import use_fast_dropout
+        from lmreason.training.embedding_grad import use_row_gradient
         from lmreason.training.optim import build_optimizer, build_scheduler
 
         cfg = self.cfg
@@ -160,6 +161,7 @@ class FinetuneRecipe:
         self.param_counts = apply_freezing(self.model, cfg.regularization)
         self.model.to(self.device)
         use_fast_dropout(self.model, self.device)  # CPU: a cheaper dropout mask, same distribution
+        use_row_gradient(self.model, self.device, self.dist.world_size)  # CPU: no fresh (vocab x d) gradient per step
         self.model_for_training = self.dist.wrap(self.model)
 
         t = cfg.train
@@ -264,7 +266,7 @@ class FinetuneRecipe:
                 finite = not self.dist.any_rank(not finite)  # DDP: every rank steps, skips or stops alike
                 if not finite and not self.scaler:
                     if t.nonfinite == "stop":
-                        self.optimizer.zero_grad(set_to_none=True)
+                        self._discard_gradients()
                         self._write_metrics("diverged", time.perf_counter() - started, samples, tokens)
                         last = self.run_dir / "checkpoints" / "last"
                         kept = (f"the last good checkpoint is kept in {last}" if (last / "config.json").is_file()
@@ -274,7 +276,7 @@ class FinetuneRecipe:
                             f"{kept}. Lower optimizer.lr, use precision fp32, or set train.nonfinite=skip"
                         )
                     self.skipped_steps += 1
-                    self.optimizer.zero_grad(set_to_none=True)
+                    self._discard_gradients()
                     self.scheduler.step()
                 else:
                     if self.scaler:
@@ -326,6 +328,12 @@ class FinetuneRecipe:
             self._validate_and_checkpoint(started, samples, tokens)  # max_steps ended mid-epoch
         wall = time.perf_counter() - started
         return self._write_metrics("early_stopped" if self.early_stopping.should_stop else "completed", wall, samples, tokens)
+
+    def _discard_gradients(self) -> None:
+        """Drop non-finite gradients. Zeroed in place first: clipping scaled every element by NaN,
+        and a gradient buffer kept across steps (`embedding_grad`) must start clean again."""
+        self.optimizer.zero_grad(set_to_none=False)
+        self.optimizer.zero_grad(set_to_none=True)
 
     def _epoch_batches(self, epoch: int) -> list:
         t = self.cfg.train
