@@ -35,18 +35,18 @@ def keep_mask(shape, p: float, device=None) -> torch.Tensor:
 
 
 class _MaskAndScale(torch.autograd.Function):
-    """y = x * keep * scale; backward the same with the saved bool mask (1 byte per element)."""
+    """y = x * mask with mask = keep * scale (one float tensor, also the backward's multiplier)."""
 
     @staticmethod
     def forward(ctx, x, keep, scale):
-        ctx.save_for_backward(keep)
-        ctx.scale = scale
-        return x * keep * scale
+        mask = keep.to(x.dtype).mul_(scale)
+        ctx.save_for_backward(mask)
+        return x * mask
 
     @staticmethod
     def backward(ctx, grad):
-        (keep,) = ctx.saved_tensors
-        return grad * keep * ctx.scale, None, None
+        (mask,) = ctx.saved_tensors
+        return grad * mask, None, None
 
 
 def fast_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
