@@ -87,3 +87,15 @@ def finished_run(tmp_path_factory, cache_dir, split_dir) -> Path:
 
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+def tiny_bert_classifier(**config):
+    """A seeded random BERT sequence classifier (a few thousand weights); `config` overrides its BertConfig."""
+    import torch
+    import transformers
+
+    values = {"vocab_size": 60, "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
+              "intermediate_size": 32, "max_position_embeddings": 32, "num_labels": 2, "pad_token_id": 0,
+              "attn_implementation": "sdpa"}
+    torch.manual_seed(0)
+    return transformers.BertForSequenceClassification(transformers.BertConfig(**{**values, **config}))

@@ -3,18 +3,10 @@
 import pytest
 import torch
 import torch.nn as nn
-import transformers
+from conftest import tiny_bert_classifier
 
 from lmreason.training import dropout as fast
 from lmreason.training.dropout import fast_dropout, keep_mask, use_fast_dropout
-
-
-def tiny_bert(**overrides):
-    config = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                                     intermediate_size=32, max_position_embeddings=32, num_labels=2,
-                                     attn_implementation="sdpa", **overrides)
-    torch.manual_seed(0)
-    return transformers.BertForSequenceClassification(config)
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5])
@@ -46,7 +38,7 @@ def test_dropout_zeroes_or_scales_and_its_gradient_matches():
 
 
 def test_swap_keeps_weights_and_evaluation_outputs():
-    model, reference = tiny_bert(), tiny_bert()
+    model, reference = tiny_bert_classifier(), tiny_bert_classifier()
     swapped = use_fast_dropout(model, torch.device("cpu"))
     assert swapped == sum(isinstance(m, nn.Dropout) for m in reference.modules())
     assert model.config._attn_implementation == fast.ATTENTION
@@ -62,7 +54,7 @@ def test_swap_keeps_weights_and_evaluation_outputs():
 
 def test_training_attention_is_sdpa_with_the_mask_applied(monkeypatch):
     """With every element kept, dropped-out attention is SDPA's attention scaled by 1 / (1 - p)."""
-    model = tiny_bert(attention_probs_dropout_prob=0.2, hidden_dropout_prob=0.0)
+    model = tiny_bert_classifier(attention_probs_dropout_prob=0.2, hidden_dropout_prob=0.0)
     use_fast_dropout(model, torch.device("cpu"))
     model.train()
     monkeypatch.setattr(fast, "keep_mask", lambda shape, p, device=None: torch.ones(shape, dtype=torch.bool))
@@ -76,6 +68,6 @@ def test_training_attention_is_sdpa_with_the_mask_applied(monkeypatch):
 
 
 def test_nothing_changes_off_the_cpu():
-    model = tiny_bert()
+    model = tiny_bert_classifier()
     assert use_fast_dropout(model, torch.device("meta")) == 0
     assert all(type(m) is not fast.FastDropout for m in model.modules())

@@ -4,16 +4,13 @@ import copy
 
 import torch
 import transformers
+from conftest import tiny_bert_classifier
 
 from lmreason.training.embedding_grad import RowGradEmbedding, use_row_gradient
 
 
 def tiny_bert():
-    config = transformers.BertConfig(vocab_size=60, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                     intermediate_size=32, max_position_embeddings=32, num_labels=2, pad_token_id=0,
-                                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    torch.manual_seed(0)
-    return transformers.BertForSequenceClassification(config)
+    return tiny_bert_classifier(num_hidden_layers=1, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 
 
 def train(model, batches, accumulate=1):

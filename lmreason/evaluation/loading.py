@@ -68,6 +68,8 @@ def load_model_for_inference(checkpoint_dir: Path, task_name: str, device, trust
     """(model in eval mode on `device`, tokenizer). Safetensors weights only."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
+    from lmreason.models.first_token import first_token_only
+
     auto = AutoModelForSequenceClassification if task_name == "cls" else AutoModelForCausalLM
     try:
         tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir, trust_remote_code=trust_remote_code)
@@ -78,6 +80,7 @@ def load_model_for_inference(checkpoint_dir: Path, task_name: str, device, trust
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.to(device).eval()
+    first_token_only(model)  # a classifier's head reads [CLS]: its last layer computes only that position
     return model, tokenizer
 
 

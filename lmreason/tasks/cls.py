@@ -32,24 +32,17 @@ class ClassificationTask:
         return columns
 
     def build_model(self, cfg, label_names: list[str]):
-        from lmreason.models.first_token import first_token_only
         from lmreason.models.loading import build_classifier
 
-        model = build_classifier(cfg.model, label_names, cfg.cache_dir, cfg.get("regularization"))
-        first_token_only(model)  # the head reads [CLS]: the last layer computes only that position
-        return model
+        return build_classifier(cfg.model, label_names, cfg.cache_dir, cfg.get("regularization"))
 
     def load_model(self, checkpoint, cfg):
         """The model of a checkpoint dir (weights, config and head), on the CPU."""
         from transformers import AutoModelForSequenceClassification
 
-        from lmreason.models.first_token import first_token_only
-
         # safetensors only: a pytorch_model.bin planted in a run dir is never unpickled
-        model = AutoModelForSequenceClassification.from_pretrained(checkpoint, use_safetensors=True,
-                                                                   trust_remote_code=cfg.model.trust_remote_code)
-        first_token_only(model)
-        return model
+        return AutoModelForSequenceClassification.from_pretrained(checkpoint, use_safetensors=True,
+                                                                  trust_remote_code=cfg.model.trust_remote_code)
 
     def save_model(self, model, tokenizer, target, trainer_state, meta, config_yaml, cfg) -> None:
         from lmreason.training.checkpoint import save_checkpoint
@@ -108,7 +101,6 @@ class ClassificationTask:
         from lmreason.evaluation.metrics import classification_metrics, reliability_bins, slice_metrics
         from lmreason.evaluation.plots import confusion_figure, reliability_figure, save_figure
         from lmreason.evaluation.report import metrics_table, slices_table
-        from lmreason.models.first_token import first_token_only
         from lmreason.training.batching import TokenizedSplit, sorted_batches, to_device
         from lmreason.training.device import autocast
         from lmreason.ui import console
@@ -119,7 +111,6 @@ class ClassificationTask:
             raise UserError(f"split {split}: labels {unknown[:5]} are not among the model's labels {model_labels[:10]}; evaluate on data with the model's label set")
         to_model = np.array([model_labels.index(name) for name in data.label_names])
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        first_token_only(model)
         began = time.perf_counter()
         examples = TokenizedSplit(dataset, self, pad_id)
         batches = sorted_batches(examples.lengths, cfg.batch_size)
@@ -159,11 +150,9 @@ class ClassificationTask:
         import torch
 
         from lmreason.evaluation.loading import label_names_of
-        from lmreason.models.first_token import first_token_only
         from lmreason.training.batching import sorted_batches
         from lmreason.training.device import autocast
 
-        first_token_only(model)  # only the [CLS] position of the last layer feeds the head
         names = label_names_of(model)
         limit = max_length or min(getattr(tokenizer, "model_max_length", 512) or 512, 512)
         encoded = tokenizer(texts, pairs, truncation=True, max_length=limit)["input_ids"]

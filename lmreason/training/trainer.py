@@ -119,6 +119,7 @@ class FinetuneRecipe:
         import torch
 
         from lmreason.data.prepare import prepare_data
+        from lmreason.models.first_token import first_token_only
         from lmreason.models.freezing import apply_freezing
         from lmreason.models.loading import load_tokenizer
         from lmreason.tasks import get_task
@@ -160,6 +161,7 @@ class FinetuneRecipe:
             self.model = self.task.build_model(cfg, self.label_names)
         self.param_counts = apply_freezing(self.model, cfg.regularization)
         self.model.to(self.device)
+        first_token_only(self.model)  # a classifier's head reads [CLS]: its last layer computes only that position
         use_fast_dropout(self.model, self.device)  # CPU: a cheaper dropout mask, same distribution
         use_row_gradient(self.model, self.device, self.dist.world_size)  # CPU: no fresh (vocab x d) gradient per step
         self.model_for_training = self.dist.wrap(self.model)
