@@ -498,6 +498,7 @@ def child_setup(spec: dict) -> dict:
     from lmreason.config import config_dir
     from lmreason.data.prepare import prepare_data
     from lmreason.models.packaged import resolve_model_path
+    from lmreason.tasks import get_task
 
     workdir = Path(spec["workdir"])
     path = resolve_model_path(spec["model"])
@@ -513,7 +514,7 @@ def child_setup(spec: dict) -> dict:
     with initialize_config_dir(config_dir=config_dir(), version_base=None):
         cfg = compose("prepare", overrides=[*spec["data_overrides"], f"model.name_or_path={path}",
                                             f"model.max_length={spec['max_length']}"])
-    prepared = prepare_data(cfg)
+    prepared = prepare_data(cfg, get_task(cfg.task))
     names = prepared.label_names
     data_dir = workdir / "data"
     data_dir.mkdir(exist_ok=True)

@@ -75,7 +75,8 @@ def main(argv=None) -> dict:
     from omegaconf import OmegaConf
     from transformers import pipeline
 
-    from lmreason.tasks.gen import eos_ids, encode_prompts, format_prompts, generate_texts, task_settings
+    from lmreason.evaluation.generation import eos_ids, generate_texts
+    from lmreason.tasks.gen import encode_prompts, format_prompts, task_settings
 
     if args.threads:
         torch.set_num_threads(args.threads)

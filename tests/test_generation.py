@@ -104,7 +104,8 @@ def test_loss_ignores_prompt_tokens(tiny_dir, tokenizer):
 
 
 def test_left_padded_batches_generate_as_one_at_a_time(tiny_dir, tokenizer):
-    from lmreason.tasks.gen import encode_prompts, generate_ids, task_settings
+    from lmreason.evaluation.generation import generate_ids
+    from lmreason.tasks.gen import encode_prompts, task_settings
 
     model = tiny_model(tiny_dir, seed=1)
     prompts = ["1 + 1 =", "What is the sum of 12, 30 and 7, minus 4?", "Hi", "Count: one two three four five six"]
@@ -178,7 +179,7 @@ def test_lora_checkpoint_is_merged_and_resumable(tmp_path, tiny_dir, tokenizer):
                                       "lora": {"enabled": True, "rank": 4, "alpha": 8, "dropout": 0.0,
                                                "target_modules": ["q_proj", "v_proj"], "save_merged": True}}})
     task = GenerationTask()
-    from lmreason.training.trainer import seed_everything
+    from lmreason.seeding import seed_everything
 
     seed_everything(cfg.seed)
     model = task.build_model(cfg, [])
@@ -219,6 +220,7 @@ def test_lora_adapter_only_run_loads_for_evaluate_and_infer(tmp_path, cache_dir,
 
 def test_bad_lora_settings_and_pair_inputs_are_user_errors(tiny_dir, tokenizer):
     from lmreason.errors import UserError
+    from lmreason.evaluation.inference import infer_answers
     from lmreason.tasks.gen import GenerationTask
 
     model_cfg = OmegaConf.create({"from_scratch": True, "lora": {"rank": 4, "alpha": 8, "dropout": 0.0,
@@ -229,7 +231,7 @@ def test_bad_lora_settings_and_pair_inputs_are_user_errors(tiny_dir, tokenizer):
     with pytest.raises(UserError, match="linear layers of this model: .*q_proj"):
         GenerationTask._wrap_lora(tiny_model(tiny_dir), model_cfg)
     with pytest.raises(UserError, match="one text"):
-        GenerationTask().infer(None, tokenizer, ["a"], ["b"], None, None, "fp32", None, None)
+        infer_answers(None, GenerationTask(), ["a"], ["b"], stream=False)
 
 
 def test_bench_generate_script_runs_on_tiny_gpt(tmp_path, cache_dir):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from pathlib import Path
 
@@ -50,52 +48,41 @@ def read_inputs(cfg: DictConfig) -> tuple[list[str], list[str] | None]:
 
 def run(cfg: DictConfig) -> list[dict]:
     """Predict for every input; returns one dict per input, in input order."""
-    from lmreason.evaluation.loading import load_model_for_inference, resolve_checkpoint, saved_run_config
+    from lmreason.evaluation.inference import infer_answers, infer_labels
+    from lmreason.evaluation.loading import (checkpoint_max_length, load_model_for_inference, resolve_checkpoint,
+                                             saved_run_config, task_of_model_dir)
+    from lmreason.evaluation.outputs import write_jsonl
+    from lmreason.evaluation.predict import InferenceSession
+    from lmreason.evaluation.report import MAX_SHOWN, generations_table, predictions_table
     from lmreason.tasks import get_task
     from lmreason.training.device import resolve_device
+    from lmreason.ui import console
 
     texts, pairs = read_inputs(cfg)
     checkpoint_dir, _ = resolve_checkpoint(cfg.run, cfg.checkpoint)
     saved = saved_run_config(checkpoint_dir)
-    task_name = saved.task.name if saved is not None else _task_of(checkpoint_dir)
-    max_length = saved.model.max_length if saved is not None else None
+    task = get_task(saved.task if saved is not None else task_of_model_dir(checkpoint_dir))
     device, precision = resolve_device(cfg.device)
-    model, tokenizer = load_model_for_inference(checkpoint_dir, task_name, device)
-    task = get_task(task_name)
+    model, tokenizer = load_model_for_inference(checkpoint_dir, task.name, device)
+    session = InferenceSession(model, tokenizer, device, precision, cfg.batch_size,
+                               checkpoint_max_length(saved, tokenizer), cfg.generation)
+    streamed = task.name == "gen" and len(texts) == 1 and not cfg.output  # one answer on the terminal: print it as it comes
     began = time.perf_counter()
-    predictions = task.infer(model, tokenizer, texts, pairs, cfg, device, precision, max_length, saved)
+    if task.name == "gen":
+        predictions = infer_answers(session, task, texts, pairs, stream=streamed)
+    else:
+        predictions = infer_labels(session, texts, pairs)
     seconds = time.perf_counter() - began  # tokenize + batch + forward (model loading and file I/O excluded)
     if cfg.output:
-        _write_jsonl(Path(cfg.output), predictions)
-    else:
-        task.render_predictions(predictions, cfg)
-    from lmreason.ui import console
-
+        write_jsonl(Path(cfg.output), predictions)
+        console.print(f"wrote {len(predictions)} predictions to {cfg.output}")
+    elif not streamed:
+        console.print(generations_table(predictions) if task.name == "gen" else predictions_table(predictions, cfg.top_k))
+        if len(predictions) > MAX_SHOWN:
+            console.print(f"... {len(predictions) - MAX_SHOWN} more; use output=<file.jsonl> for all of them")
     console.print(f"{len(predictions)} predictions in {seconds:.3f} s ({len(predictions) / max(seconds, 1e-9):.1f}/s, "
                   f"device {device}, {precision})")
     return predictions
-
-
-def _task_of(checkpoint_dir: Path) -> str:
-    """A plain Hugging Face model dir: classification unless its architecture is a causal LM."""
-    config = json.loads((checkpoint_dir / "config.json").read_text())
-    architectures = " ".join(config.get("architectures") or [])
-    return "gen" if "CausalLM" in architectures else "cls"
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    from lmreason.ui import console
-
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w") as handle:
-            for row in rows:
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise UserError(f"output={path}: cannot write it ({exc.strerror or exc})") from None
-    console.print(f"wrote {len(rows)} predictions to {path}")
 
 
 main = hydra_command("infer")(run)

@@ -10,9 +10,10 @@ from lmreason.commands.entry import hydra_command
 def run(cfg: DictConfig) -> dict:
     """Prepare the data of `cfg` (or reuse its cache) and print a summary. Returns the summary."""
     from lmreason.data.prepare import prepare_data
+    from lmreason.tasks import get_task
     from lmreason.ui import console, render_prepare_summary
 
-    prepared = prepare_data(cfg)
+    prepared = prepare_data(cfg, get_task(cfg.task))
     render_prepare_summary(prepared, console)
     return prepared.summary
 

@@ -61,15 +61,15 @@ def prepare_fingerprint(cfg: DictConfig, content_hash: str, tokenizer) -> str:
     return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-def prepare_data(cfg: DictConfig, tokenizer=None) -> PreparedData:
-    """Load, validate, split, tokenize and cache `cfg.data` for `cfg.model` and `cfg.task`.
+def prepare_data(cfg: DictConfig, task, tokenizer=None) -> PreparedData:
+    """Load, validate, split, tokenize (with `task`) and cache `cfg.data` for `cfg.model` and `cfg.task`.
 
     Raises:
         UserError: anything wrong with the source (see data.files / data.examples).
     """
     from lmreason.models.loading import load_tokenizer
 
-    mode = cfg.task.name
+    mode = task.name
     tokenizer = tokenizer or load_tokenizer(cfg.model, cfg.cache_dir)
     raw = load_source(cfg.data, mode)
     key = prepare_fingerprint(cfg, raw.content_hash, tokenizer)
@@ -83,7 +83,7 @@ def prepare_data(cfg: DictConfig, tokenizer=None) -> PreparedData:
         except Exception as exc:  # a corrupt cache is rebuilt, never trusted
             log.warning("prepare: cache %s is unreadable (%s); rebuilding", path, exc)
     splits, label_names, metadata = build_splits(cfg, raw)
-    tokenized, summary = tokenize_splits(cfg, mode, splits, label_names, tokenizer)
+    tokenized, summary = tokenize_splits(cfg, task, splits, label_names, tokenizer)
     summary.update({"source": raw.origin, "fingerprint": key, "cache": str(path), "task": mode,
                     "model": cfg.model.name_or_path, "max_length": cfg.model.max_length})
     write_prepared(path, tokenized, {"label_names": label_names, "summary": summary, "metadata_columns": metadata}, replace)
@@ -122,12 +122,10 @@ def build_splits(cfg: DictConfig, raw) -> tuple[dict, list[str], list[str]]:
     return splits, label_names, metadata
 
 
-def tokenize_splits(cfg, mode, splits, label_names, tokenizer):
+def tokenize_splits(cfg, task, splits, label_names, tokenizer):
     import datasets
 
-    from lmreason.tasks import get_task
-
-    task = get_task(mode)
+    mode = task.name
     tokenized, summary = {}, {"splits": {}}
     for name, frame in splits.items():
         columns = task.tokenize(frame, tokenizer, cfg, label_names)

@@ -84,6 +84,19 @@ def load_model_for_inference(checkpoint_dir: Path, task_name: str, device, trust
     return model, tokenizer
 
 
+DEFAULT_MAX_LENGTH = 512  # tokens per input of a checkpoint without a saved run config
+
+
+def checkpoint_max_length(saved: DictConfig | None, tokenizer) -> int:
+    """The token budget for a checkpoint's inputs: its run's `model.max_length`; for a plain model dir
+    (no saved config), the tokenizer's `model_max_length` capped at DEFAULT_MAX_LENGTH (tokenizers
+    without a limit report a huge sentinel)."""
+    if saved is not None and saved.get("model") is not None and saved.model.get("max_length"):
+        return int(saved.model.max_length)
+    limit = getattr(tokenizer, "model_max_length", None) or DEFAULT_MAX_LENGTH
+    return int(min(limit, DEFAULT_MAX_LENGTH))
+
+
 def label_names_of(model) -> list[str]:
     id2label = model.config.id2label or {}
     return [str(id2label[i]) for i in sorted(id2label, key=int)]

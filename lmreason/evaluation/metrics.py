@@ -171,7 +171,7 @@ def classification_metrics(labels, probs, label_names: Sequence[str], loss: floa
     }
 
 
-def _slice_sort_key(key: str) -> tuple:
+def slice_sort_key(key: str) -> tuple:
     """Numeric keys first in numeric order (NaN last among them), then the rest alphabetically."""
     try:
         value = float(key)
@@ -202,7 +202,7 @@ def slice_metrics(labels, probs, slice_values: Sequence, label_names: Sequence[s
         rows_by_key.setdefault(key, []).append(row)
 
     slices = {}
-    for key in sorted(rows_by_key, key=_slice_sort_key):
+    for key in sorted(rows_by_key, key=slice_sort_key):
         rows = np.asarray(rows_by_key[key])
         m = classification_metrics(labels[rows], probs[rows], names)
         present = set(labels[rows].tolist()) | set(probs[rows].argmax(axis=1).tolist())

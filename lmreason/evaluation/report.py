@@ -104,3 +104,30 @@ def gap_rich_table(gap: Mapping[str, Mapping], id_name: str = "test", ood_name: 
             gap_text = f"[{'red' if ood_worse else 'green'}]{gap_text}[/]"
         table.add_row(key, _fmt(row["in_distribution"]), _fmt(row["ood"]), gap_text)
     return table
+
+
+MAX_SHOWN = 200  # rows of predictions shown on the terminal; output=<file.jsonl> holds all
+
+
+def predictions_table(predictions: list[dict], top_k: int = 0) -> Table:
+    """`infer` on a classifier: text, label and the (top_k) class probabilities per input."""
+    table = Table(title=f"{len(predictions)} prediction(s)", title_justify="left")
+    table.add_column("text", overflow="fold", max_width=70)
+    table.add_column("label")
+    table.add_column("probabilities")
+    for row in predictions[:MAX_SHOWN]:
+        ranked = sorted(row["probs"].items(), key=lambda kv: -kv[1])
+        if top_k:
+            ranked = ranked[:top_k]
+        table.add_row(row["text"], row["label"], ", ".join(f"{k} {v:.3f}" for k, v in ranked[:6]))
+    return table
+
+
+def generations_table(predictions: list[dict]) -> Table:
+    """`infer` on a generation model: prompt and generated answer per input."""
+    table = Table(title=f"{len(predictions)} generation(s)", title_justify="left")
+    table.add_column("prompt", overflow="fold", max_width=60)
+    table.add_column("generated", overflow="fold", max_width=60)
+    for row in predictions[:MAX_SHOWN]:
+        table.add_row(row["text"], row["generated"])
+    return table

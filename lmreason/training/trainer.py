@@ -25,6 +25,8 @@ from lmreason.training.batching import TokenizedSplit, length_grouped_batches, s
 from lmreason.training.distributed import Distributed
 from lmreason.training.early_stopping import EarlyStopping
 from lmreason.faults import fault_point
+from lmreason.seeding import seed_everything
+from lmreason.tasks.base import ValidationContext
 
 log = logging.getLogger(__name__)
 
@@ -37,17 +39,6 @@ class TrainingInterrupted(UserError):
     """SIGINT/SIGTERM (or the test hook) stopped the run after saving a checkpoint."""
 
     stops_sweep = True  # Ctrl-C in a multirun stops the sweep, not just this job
-
-
-def seed_everything(seed: int) -> None:
-    import random
-
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 class FinetuneRecipe:
@@ -133,7 +124,7 @@ class FinetuneRecipe:
         self.dist.init(self.device)
         # Under torchrun every rank composed its own Hydra config: a `${now:...}` run dir differs per rank.
         self.run_dir = Path(self.dist.broadcast(str(self.run_dir)))
-        self.task = get_task(cfg.task.name)
+        self.task = get_task(cfg.task)
         self._check_monitor()
         self.resume_state = self._load_resume_state()
         seed_everything(cfg.seed + self.dist.rank)
@@ -141,7 +132,7 @@ class FinetuneRecipe:
         self.tokenizer = load_tokenizer(cfg.model, cfg.cache_dir)
         self._check_freezing()
         with self.dist.rank_zero_first():  # one process tokenizes and caches; the others reuse it
-            self.data = prepare_data(cfg, self.tokenizer)
+            self.data = prepare_data(cfg, self.task, self.tokenizer)
         if "validation" not in self.data.splits:
             raise UserError(f"{self.data.summary.get('source')}: no validation split for early stopping; add one")
         self.label_names = self.data.label_names
@@ -370,11 +361,22 @@ class FinetuneRecipe:
         batches = (to_device(self.val_split.collate(b), self.device) for b in index_batches)
         batches = _fault_point_after_first(batches, "validation")
         with torch.inference_mode(), autocast(self.device, self.precision):
-            metrics = self.task.evaluate(self.model, batches, self.label_names, self)
+            metrics = self.task.evaluate(self.model, batches, self.label_names, self._validation_context())
         self.model.train()
         # DDP: rank 0's numbers on every rank, so early stopping and "best" are decided once, identically.
         metrics = self.dist.broadcast(metrics)
         return {f"val/{k}": v for k, v in metrics.items()}
+
+    def _validation_context(self) -> ValidationContext:
+        """What the task's validation may know of this run (never the recipe itself)."""
+        from lmreason.evaluation.generation import generate_texts
+
+        def generate(model, prompt_ids):
+            return generate_texts(model, self.tokenizer, prompt_ids, self.cfg.generation, self.device, self.precision)[0]
+
+        return ValidationContext(step=self.step, is_last=self.step >= self.total_steps, number=len(self.history) + 1,
+                                 dataset=self.data.splits["validation"], generate=generate,
+                                 gather=self.dist.gather_predictions)
 
     def _validate_and_checkpoint(self, started, samples, tokens) -> str:
         began = time.perf_counter()

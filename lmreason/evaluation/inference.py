@@ -1,0 +1,48 @@
+"""What `infer` does with a model: a label and probabilities per text, or a generated answer per prompt."""
+
+from __future__ import annotations
+
+from lmreason.errors import UserError
+from lmreason.evaluation.predict import InferenceSession, classify_texts
+
+
+def infer_labels(session: InferenceSession, texts: list[str], pairs: list[str] | None) -> list[dict]:
+    """{text, [text_pair], label, confidence, probs} per input, in input order."""
+    from lmreason.evaluation.loading import label_names_of
+
+    names = label_names_of(session.model)
+    probs = classify_texts(session, texts, pairs)
+    results = []
+    for i, text in enumerate(texts):
+        row = {"text": text}
+        if pairs is not None:
+            row["text_pair"] = pairs[i]
+        best = int(probs[i].argmax())
+        row.update({"label": names[best], "confidence": float(probs[i, best]),
+                    "probs": {name: float(p) for name, p in zip(names, probs[i])}})
+        results.append(row)
+    return results
+
+
+def infer_answers(session: InferenceSession, task, texts: list[str], pairs: list[str] | None, stream: bool) -> list[dict]:
+    """{text, generated, finished} per prompt, in input order. `stream`: print the (single) answer
+    token by token as it is generated.
+
+    Raises:
+        UserError: sentence pairs given to a generation model.
+    """
+    from lmreason.evaluation.generation import generate_texts
+
+    if pairs is not None:
+        raise UserError("text_pair_column is for sentence-pair classification; a generation prompt is one text "
+                        "(set text_pair_column=null)")
+    prompts = task.encode_prompts(session.tokenizer, texts, session.max_length)
+    streamer = None
+    if stream:
+        from transformers import TextStreamer
+
+        streamer = TextStreamer(session.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    generated, finished = generate_texts(session.model, session.tokenizer, prompts, session.generation,
+                                         session.device, session.precision, streamer)
+    return [{"text": text, "generated": out, "finished": done} for text, out, done in zip(texts, generated, finished)]
+

@@ -1,0 +1,63 @@
+"""Files an evaluation writes: JSON and JSONL records (atomically) and figures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from lmreason.atomic import atomic_write, atomic_write_json
+from lmreason.errors import UserError
+
+
+def write_json(path: Path, payload: dict) -> None:
+    """`payload` as indented JSON at `path`, atomically.
+
+    Raises:
+        UserError: the file cannot be written.
+    """
+    _write(path, lambda: atomic_write_json(path, payload))
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    """One JSON object per line, atomically.
+
+    Raises:
+        UserError: the file cannot be written (read-only dir, disk full, ...).
+    """
+    text = "".join(json.dumps(row, ensure_ascii=False, default=float) + "\n" for row in rows)
+    _write(path, lambda: atomic_write(path, text))
+
+
+def _write(path: Path, write) -> None:
+    try:
+        write()
+    except OSError as exc:
+        raise UserError(f"{path}: cannot write it ({exc.strerror or exc}); choose a writable location") from None
+
+
+def save_classification_figures(metrics: dict, label_names: list[str], split: str, out_dir: Path) -> None:
+    """confusion_matrix.png and reliability.png of one split."""
+    from lmreason.evaluation.plots import confusion_figure, reliability_figure, save_figure
+
+    save_figure(confusion_figure(metrics["confusion"], label_names, f"{split}: confusion matrix"), out_dir / "confusion_matrix.png")
+    save_figure(reliability_figure(metrics["reliability"], metrics["ece"], f"{split}: reliability"), out_dir / "reliability.png")
+
+
+def log_to_tensorboard(run_dir: Path, results: dict) -> None:
+    """Each split's headline metrics (step 0) and figures into the run's TensorBoard events."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from lmreason.evaluation.plots import confusion_figure, reliability_figure
+
+    writer = SummaryWriter(log_dir=str(Path(run_dir) / "tb"))
+    for split, metrics in results.items():
+        if split == "gap":
+            continue
+        for key in ("acc", "f1_macro", "ece", "loss", "exact_match", "perplexity"):
+            if isinstance(metrics.get(key), (int, float)):
+                writer.add_scalar(f"{split}/{key}", metrics[key], 0)
+        if "confusion" in metrics:
+            writer.add_figure(f"{split}/confusion_matrix", confusion_figure(metrics["confusion"], metrics["label_names"], f"{split} confusion"))
+        if "reliability" in metrics:
+            writer.add_figure(f"{split}/reliability", reliability_figure(metrics["reliability"], metrics["ece"], f"{split} reliability"))
+    writer.close()

@@ -1,0 +1,115 @@
+"""Run a loaded model over a prepared split or over raw texts: the one place that batches and predicts.
+
+An `InferenceSession` is what every prediction needs: the model in eval mode, its tokenizer,
+the device and precision, the batch size, the token budget and the generation settings.
+Batches go longest-first (no compute on padding) under `inference_mode`; results come back
+in input order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from lmreason.errors import UserError
+from lmreason.evaluation.loading import label_names_of
+
+
+@dataclass
+class InferenceSession:
+    model: Any
+    tokenizer: Any
+    device: Any
+    precision: str
+    batch_size: int
+    max_length: int  # token budget per input (the checkpoint's model.max_length)
+    generation: Any = None  # generation settings (task=gen): do_sample, max_new_tokens, ...
+
+
+@dataclass
+class SplitPredictions:
+    """Classification over a split, in the split's row order."""
+
+    labels: np.ndarray  # (N,) gold label ids in the model's label order
+    probs: np.ndarray  # (N, C) class probabilities
+    loss: float  # mean cross-entropy
+    seconds: float  # batching + forward passes
+
+
+def restore_order(batches: list[np.ndarray]) -> np.ndarray:
+    """Index into batch-order results that gives input order: row i of the input is at restored[i]."""
+    order = np.concatenate(batches) if batches else np.zeros(0, dtype=np.int64)
+    restored = np.empty_like(order)
+    restored[order] = np.arange(len(order))
+    return restored
+
+
+def predict_split(session: InferenceSession, task, dataset, label_names: list[str]) -> SplitPredictions:
+    """Class probabilities for a prepared classification split, gold labels mapped to the model's label ids.
+
+    Raises:
+        UserError: the split has labels the model was not trained on.
+    """
+    import time
+
+    import torch
+
+    from lmreason.training.batching import TokenizedSplit, sorted_batches, to_device
+    from lmreason.training.device import autocast
+
+    model_labels = label_names_of(session.model)
+    unknown = sorted(set(label_names) - set(model_labels))
+    if unknown:
+        raise UserError(f"labels {unknown[:5]} are not among the model's labels {model_labels[:10]}; "
+                        "evaluate on data with the model's label set")
+    to_model = np.array([model_labels.index(name) for name in label_names])
+    began = time.perf_counter()
+    examples = TokenizedSplit(dataset, task, session.tokenizer.pad_token_id)
+    batches = sorted_batches(examples.lengths, session.batch_size)
+    with torch.inference_mode(), autocast(session.device, session.precision):
+        labels, probs, loss = task.predict(session.model, (to_device(examples.collate(b), session.device) for b in batches))
+    restored = restore_order(batches)
+    return SplitPredictions(to_model[labels[restored]], probs[restored], loss, time.perf_counter() - began)
+
+
+def classify_texts(session: InferenceSession, texts: list[str], pairs: list[str] | None = None) -> np.ndarray:
+    """(N, C) class probabilities for raw texts (or sentence pairs), in input order.
+
+    Tokenized once (truncated to the session's max_length); each batch padded by the tokenizer.
+    """
+    import torch
+
+    from lmreason.training.batching import sorted_batches
+    from lmreason.training.device import autocast
+
+    tokenizer, model = session.tokenizer, session.model
+    encoded = tokenizer(texts, pairs, truncation=True, max_length=session.max_length)
+    keys = [k for k in ("input_ids", "token_type_ids") if k in encoded and k in tokenizer.model_input_names + ["input_ids"]]
+    lengths = np.array([len(ids) for ids in encoded["input_ids"]])
+    probs = np.zeros((len(texts), model.config.num_labels))
+    with torch.inference_mode(), autocast(session.device, session.precision):
+        for batch in sorted_batches(lengths, session.batch_size):
+            padded = tokenizer.pad({k: [encoded[k][i] for i in batch] for k in keys}, padding_side="right",
+                                   return_attention_mask=True, return_tensors="pt")
+            logits = model(**{k: v.to(session.device) for k, v in padded.items()}).logits.float()
+            probs[batch] = torch.softmax(logits, dim=-1).cpu().numpy()
+    return probs
+
+
+def reference_loss(session: InferenceSession, task, dataset) -> tuple[float, int]:
+    """(mean loss per completion token, completion tokens) of a prepared task=gen split's references."""
+    import torch
+
+    from lmreason.training.batching import TokenizedSplit, sorted_batches, to_device
+    from lmreason.training.device import autocast
+
+    examples = TokenizedSplit(dataset, task, session.tokenizer.pad_token_id)
+    total, count = 0.0, 0
+    with torch.inference_mode(), autocast(session.device, session.precision):
+        for indices in sorted_batches(examples.lengths, session.batch_size):
+            loss_sum, n, _ = task.token_losses(session.model, to_device(examples.collate(indices), session.device))
+            total += float(loss_sum)
+            count += n
+    return total / max(count, 1), count

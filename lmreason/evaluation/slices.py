@@ -1,0 +1,44 @@
+"""Which metadata columns to slice a split by, and generation metrics per slice.
+
+(Classification metrics per slice are `metrics.slice_metrics`.)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lmreason.errors import UserError
+
+MAX_SLICE_VALUES = 50  # a metadata column with more distinct values is an id, not a slice
+# Bookkeeping columns of reasoning rows: never slices.
+NOT_SLICES = {"answer", "entry", "generator_config", "source_seed", "source_index", "prompt_length"}
+
+
+def slice_columns(asked, metadata_columns: list[str], dataset) -> list[str]:
+    """The columns to slice `dataset` by: `asked` (slice_columns=...) when given, else every metadata
+    column with 2..MAX_SLICE_VALUES distinct values in this split (one value says nothing; one value
+    per row is an id), bookkeeping columns excluded.
+
+    Raises:
+        UserError: an asked column the data does not have.
+    """
+    if asked is not None:
+        missing = [c for c in asked if c not in dataset.column_names]
+        if missing:
+            raise UserError(f"slice_columns: no column {', '.join(missing)} in this data; "
+                            f"metadata columns are: {', '.join(metadata_columns) or 'none'}")
+        return list(asked)
+    limit = min(MAX_SLICE_VALUES, len(dataset) - 1)
+    return [c for c in metadata_columns
+            if c in dataset.column_names and c not in NOT_SLICES and 2 <= len(set(map(str, dataset[c]))) <= limit]
+
+
+def generation_slices(correct: np.ndarray, scores: np.ndarray, values) -> dict[str, dict]:
+    """{value: {n, exact_match, score}} per distinct value of a metadata column (numbers in numeric order)."""
+    from lmreason.evaluation.metrics import slice_sort_key
+
+    groups: dict[str, list[int]] = {}
+    for i, value in enumerate(values):
+        groups.setdefault(str(value), []).append(i)
+    return {key: {"n": len(rows), "exact_match": float(correct[rows].mean()), "score": float(scores[rows].mean())}
+            for key, rows in sorted(groups.items(), key=lambda kv: slice_sort_key(kv[0]))}

@@ -1,0 +1,115 @@
+"""Evaluate one prepared split: predict, score, slice, write its files and print its tables.
+
+`evaluate_split(session, task, request)` picks the evaluator of the task (classification or
+generation). Each writes into `request.out_dir`: metrics.json, the per-example records
+(predictions.jsonl or generations.jsonl) and, for classification, the confusion matrix and
+reliability diagram; and returns the metrics dict.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lmreason.evaluation.outputs import save_classification_figures, write_json, write_jsonl
+from lmreason.evaluation.predict import InferenceSession, predict_split, reference_loss
+
+# Metrics compared between the evaluated split and OOD, per task.
+GAP_KEYS = {"cls": ("acc", "f1_macro", "ece", "loss"), "gen": ("exact_match", "score", "loss", "perplexity")}
+
+
+@dataclass
+class SplitRequest:
+    """What to evaluate and where to write it."""
+
+    name: str  # split name: test, ood, ...
+    dataset: Any  # the prepared split (datasets.Dataset)
+    out_dir: Path  # eval/<name>/
+    label_names: list[str] = field(default_factory=list)  # the data's label set (classification)
+    slice_columns: list[str] = field(default_factory=list)
+
+
+def evaluate_split(session: InferenceSession, task, request: SplitRequest) -> dict:
+    evaluators = {"cls": evaluate_classification, "gen": evaluate_generation}
+    return evaluators[task.name](session, task, request)
+
+
+def evaluate_classification(session: InferenceSession, task, request: SplitRequest) -> dict:
+    """Accuracy, per-class P/R/F1, confusion, calibration and slices of one classification split."""
+    from lmreason.errors import UserError
+    from lmreason.evaluation.loading import label_names_of
+    from lmreason.evaluation.metrics import classification_metrics, reliability_bins, slice_metrics
+    from lmreason.evaluation.report import metrics_table, slices_table
+    from lmreason.ui import console
+
+    dataset, model_labels = request.dataset, label_names_of(session.model)
+    try:
+        predicted = predict_split(session, task, dataset, request.label_names)
+    except UserError as exc:
+        raise UserError(f"split {request.name}: {exc}") from None
+    labels, probs = predicted.labels, predicted.probs
+    began = time.perf_counter()
+    metrics = classification_metrics(labels, probs, model_labels, loss=predicted.loss)
+    # throughput of batching + forward passes + metrics (model loading, plots and files excluded)
+    metrics["eval_seconds"] = predicted.seconds + time.perf_counter() - began
+    metrics["samples_per_s"] = len(labels) / metrics["eval_seconds"] if metrics["eval_seconds"] > 0 else None
+    metrics["reliability"] = reliability_bins(probs.max(axis=1), probs.argmax(axis=1) == labels)
+    metrics["slices"] = {col: slice_metrics(labels, probs, dataset[col], model_labels) for col in request.slice_columns}
+    metrics["split"] = request.name
+    save_classification_figures(metrics, model_labels, request.name, request.out_dir)
+    choice = probs.argmax(axis=1)
+    texts, meta = dataset["text"], {c: dataset[c] for c in request.slice_columns}
+    rows = []
+    for i in range(len(labels)):
+        row = {"text": texts[i], "label": model_labels[labels[i]], "predicted": model_labels[choice[i]],
+               "confidence": float(probs[i, choice[i]])}
+        row.update({c: values[i] for c, values in meta.items()})
+        rows.append(row)
+    write_jsonl(request.out_dir / "predictions.jsonl", rows)
+    write_json(request.out_dir / "metrics.json", metrics)
+    console.print(metrics_table(metrics, f"{request.name}: {metrics['n']} examples"))
+    for col, slices in metrics["slices"].items():
+        console.print(slices_table(slices, col))
+    return metrics
+
+
+def evaluate_generation(session: InferenceSession, task, request: SplitRequest) -> dict:
+    """Loss/perplexity of the references, then generated answers scored, sliced and written."""
+    from lmreason.evaluation.generation import generate_texts
+    from lmreason.evaluation.report import generation_slices_table, generation_table
+    from lmreason.evaluation.scoring import is_reasoning, score_rows
+    from lmreason.evaluation.slices import generation_slices
+    from lmreason.ui import console
+
+    dataset, gen = request.dataset, session.generation
+    loss, count = reference_loss(session, task, dataset)
+    prompts = [ids[:n] for ids, n in zip(dataset["input_ids"], dataset["prompt_length"])]
+    texts, finished = generate_texts(session.model, session.tokenizer, prompts, gen, session.device, session.precision)
+    scores = score_rows(dataset, texts)
+    correct = scores >= 1.0
+    metrics = {
+        "split": request.name, "n": len(texts), "exact_match": float(correct.mean()), "score": float(scores.mean()),
+        "loss": loss, "perplexity": math.exp(min(loss, 50.0)), "completion_tokens": count,
+        "unfinished": float(1 - np.mean(finished)),  # answers cut at generation.max_new_tokens
+        "scorer": "reasoning-gym" if is_reasoning(dataset) else "normalised exact match",
+        "generation": {k: gen[k] for k in ("do_sample", "max_new_tokens", "temperature", "top_p", "batch_size")},
+        "slices": {col: generation_slices(correct, scores, dataset[col]) for col in request.slice_columns},
+    }
+    meta = {c: dataset[c] for c in request.slice_columns}
+    rows = []
+    for i, (prompt, reference) in enumerate(zip(dataset["prompt"], dataset["completion"])):
+        row = {"prompt": prompt, "reference": reference, "generated": texts[i], "score": float(scores[i]),
+               "correct": bool(correct[i])}
+        row.update({c: values[i] for c, values in meta.items()})
+        rows.append(row)
+    write_jsonl(request.out_dir / "generations.jsonl", rows)
+    write_json(request.out_dir / "metrics.json", metrics)
+    console.print(generation_table(metrics, f"{request.name}: {metrics['n']} examples"))
+    for col, slices in metrics["slices"].items():
+        console.print(generation_slices_table(slices, col))
+    return metrics
