@@ -1,4 +1,4 @@
-"""Classification metrics in plain numpy: accuracy, F1, calibration, slices, OOD gaps.
+"""Classification metrics: accuracy, F1 (scikit-learn), calibration, slices, OOD gaps.
 
 Every function returns plain Python floats/ints/lists/dicts so the result can go
 straight into ``metrics.json``. Predictions are ``argmax(probs)`` (ties go to the
@@ -42,23 +42,15 @@ def _check_inputs(labels, probs, label_names) -> tuple[np.ndarray, np.ndarray, l
     return labels.astype(np.int64), probs, names
 
 
-def _confusion(labels: np.ndarray, preds: np.ndarray, n_classes: int) -> np.ndarray:
-    """(C, C) counts; rows = true class, columns = predicted class."""
-    flat = np.bincount(labels * n_classes + preds, minlength=n_classes * n_classes)
-    return flat.reshape(n_classes, n_classes)
+def _confusion_and_prf(labels: np.ndarray, preds: np.ndarray, n_classes: int):
+    """scikit-learn's confusion matrix (C, C) (rows = true class, columns = predicted class) and per-class
+    precision, recall, F1 and support, each (C,), over every class 0..C-1; 0 where undefined (zero_division=0)."""
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-
-def _per_class_prf(confusion: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Precision, recall, F1, support per class, each (C,); 0 where undefined (sklearn's zero_division=0)."""
-    tp = np.diag(confusion).astype(np.float64)
-    support = confusion.sum(axis=1)  # how often each class is the true label
-    predicted = confusion.sum(axis=0)  # how often each class is predicted
-    # np.divide with `where` leaves the 0 from `out` where the denominator is 0: no NaN, no warning.
-    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
-    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
-    denom = precision + recall
-    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
-    return precision, recall, f1, support
+    classes = list(range(n_classes))
+    confusion = confusion_matrix(labels, preds, labels=classes)
+    precision, recall, f1, support = precision_recall_fscore_support(labels, preds, labels=classes, zero_division=0)
+    return confusion, precision, recall, f1, support
 
 
 def _bin_index(confidence: np.ndarray, n_bins: int) -> np.ndarray:
@@ -144,8 +136,7 @@ def classification_metrics(labels, probs, label_names: Sequence[str], loss: floa
     confidence = probs.max(axis=1)  # (N,)
     correct = preds == labels  # (N,)
 
-    confusion = _confusion(labels, preds, n_classes)
-    precision, recall, f1, support = _per_class_prf(confusion)
+    confusion, precision, recall, f1, support = _confusion_and_prf(labels, preds, n_classes)
     if loss is None:
         true_prob = probs[np.arange(len(labels)), labels]
         loss = float(-np.log(np.clip(true_prob, _PROB_FLOOR, 1.0)).mean())
