@@ -102,6 +102,7 @@ class ReasoningDataConfig(DataConfig):
     sizes: Dict[str, int] = field(default_factory=lambda: {"train": 2000, "validation": 300, "test": 500, "ood": 500})
     id_config: Dict[str, Any] = field(default_factory=dict)
     ood_config: Optional[Dict[str, Any]] = None
+    ood_note: Optional[str] = None
 
 
 @dataclass

@@ -141,7 +141,8 @@ def test_slice_metrics_groups_mixed_types():
     assert slices["long"]["n"] == 2 and slices["long"]["acc"] == 0.5
     # Rows 2 and 5: a -> b wrong, c -> c right.
     assert slices["None"]["acc"] == 0.5
-    assert slices["2.5"] == {"n": 1, "acc": 0.0, "f1_macro": 0.0, "ece": pytest.approx(0.6)}
+    # one gold class: macro-F1 is not shown (None), accuracy is
+    assert slices["2.5"] == {"n": 1, "acc": 0.0, "f1_macro": None, "ece": pytest.approx(0.6)}
     assert sum(s["n"] for s in slices.values()) == len(LABELS)
 
 
@@ -154,8 +155,14 @@ def test_slice_metrics_sorts_numbers_numerically():
 
 def test_gap_table_and_missing_values():
     gap = gap_table({"acc": 0.9, "ece": 0.05, "loss": 0.3}, {"acc": 0.7, "ece": 0.15, "loss": None})
-    assert gap["acc"] == {"in_distribution": 0.9, "ood": 0.7, "gap": pytest.approx(0.2)}
+    assert gap["acc"] == {"in_distribution": 0.9, "ood": 0.7, "gap": pytest.approx(0.2),
+                          "ood_worse_by": pytest.approx(0.2), "worse": "ood"}
+    # ECE rises OOD: the raw gap is negative, but "OOD worse by" has the same sign as for accuracy
     assert gap["ece"]["gap"] == pytest.approx(-0.1)
+    assert gap["ece"]["ood_worse_by"] == pytest.approx(0.1) and gap["ece"]["worse"] == "ood"
+    better = gap_table({"acc": 0.6, "loss": 0.5}, {"acc": 0.8, "loss": 0.2}, keys=("acc", "loss"))
+    assert better["acc"]["worse"] == better["loss"]["worse"] == "in_distribution"
+    assert better["acc"]["ood_worse_by"] < 0 and better["loss"]["ood_worse_by"] < 0
     assert gap["loss"]["gap"] is None and gap["f1_macro"]["in_distribution"] is None
 
 
@@ -198,7 +205,9 @@ def test_gap_table_colours_ood_worse_red():
     gap = gap_table({"acc": 0.9, "ece": 0.05}, {"acc": 0.7, "ece": 0.02}, keys=("acc", "ece"))
     table = gap_rich_table(gap, id_name="test", ood_name="ood_long")
     text = _render(table)
-    assert "OOD (ood_long)" in text and "+0.2000" in text and "+0.0300" in text
+    # one sign for every metric: positive = OOD worse
+    assert "OOD (ood_long)" in text and "+0.2000" in text and "-0.0300" in text
+    assert "OOD worse" in text and "OOD better" in text
     coloured = _render(table, force_terminal=True, color_system="standard")
     assert "\x1b[31m+0.2000" in coloured  # acc fell OOD: worse, red
-    assert "\x1b[32m+0.0300" in coloured  # ece fell OOD: better, green
+    assert "\x1b[32m-0.0300" in coloured  # ece fell OOD: better, green

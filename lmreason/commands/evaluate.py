@@ -82,7 +82,9 @@ def run(cfg: DictConfig) -> dict:
         gap = gap_table(results[splits[0]], results["ood"], keys=GAP_KEYS[task.name])
         results["gap"] = gap
         write_json(out_root / "gap.json", {"in_distribution_split": splits[0], "ood_split": "ood", "gap": gap})
-        console.print(gap_rich_table(gap, id_name=splits[0], ood_name="ood"))
+        from lmreason.data.sources import ood_description
+
+        console.print(gap_rich_table(gap, id_name=splits[0], ood_name="ood", about=ood_description(eval_cfg.data)))
     if run_dir is not None:
         log_to_tensorboard(run_dir, results)
     console.print(f"reports written to {out_root}")

@@ -48,6 +48,20 @@ def has_ood_split(data_cfg: DictConfig) -> bool | None:
     return None
 
 
+def ood_description(data_cfg: DictConfig) -> str:
+    """What makes the `ood` split out of distribution, in one line (for the gap table)."""
+    if data_cfg.source == "reasoning" and data_cfg.get("ood_config") is not None:
+        same, ood = dict(data_cfg.get("id_config") or {}), dict(data_cfg.ood_config)
+        changed = [f"{key}={value} (in distribution: {same.get(key, 'the default')})"
+                   for key, value in ood.items() if same.get(key) != value]
+        shift = ", ".join(changed) if changed else "the same generator settings (another seed only)"
+        note = f"{data_cfg.ood_note}: " if data_cfg.get("ood_note") else ""
+        return f"OOD = {note}{data_cfg.task} problems with {shift}"
+    if data_cfg.source == "local":
+        return f"OOD = the ood.* file of {data_cfg.path}"
+    return "OOD = the source's ood split"
+
+
 def load_source(data_cfg: DictConfig, mode: str) -> RawSource:
     loaders = {"local": _load_local, "reasoning": _load_reasoning, "bigbench": _load_bigbench, "hub": _load_hub}
     if data_cfg.source not in loaders:

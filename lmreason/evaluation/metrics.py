@@ -178,7 +178,9 @@ def slice_metrics(labels, probs, slice_values: Sequence, label_names: Sequence[s
     1.0 are different groups). Keys whose text is a number come first in numeric
     order (so 2 sorts before 10), the rest follow alphabetically. ``f1_macro``
     averages over the classes present in the slice (as gold labels or as
-    predictions): a slice holding one class would otherwise score at most 1/C.
+    predictions); it is None for a slice whose gold labels are all one class,
+    where a macro-F1 says nothing that ``acc`` does not (and misleads: one
+    wrong prediction adds a second class with F1 0 and halves it).
 
     Raises:
         ValueError: if ``slice_values`` does not have one value per row, or as
@@ -196,28 +198,38 @@ def slice_metrics(labels, probs, slice_values: Sequence, label_names: Sequence[s
     for key in sorted(rows_by_key, key=slice_sort_key):
         rows = np.asarray(rows_by_key[key])
         m = classification_metrics(labels[rows], probs[rows], names)
-        present = set(labels[rows].tolist()) | set(probs[rows].argmax(axis=1).tolist())
+        gold = set(labels[rows].tolist())
+        present = gold | set(probs[rows].argmax(axis=1).tolist())
         f1s = [m["per_class"][names[c]]["f1"] for c in sorted(present)]
-        slices[key] = {"n": m["n"], "acc": m["acc"], "f1_macro": float(np.mean(f1s)), "ece": m["ece"]}
+        f1_macro = float(np.mean(f1s)) if len(gold) > 1 else None
+        slices[key] = {"n": m["n"], "acc": m["acc"], "f1_macro": f1_macro, "ece": m["ece"]}
     return slices
+
+
+LOWER_IS_BETTER = frozenset({"ece", "loss", "perplexity"})  # for every other metric higher is better
 
 
 def gap_table(
     in_dist: Mapping, ood: Mapping, keys: Sequence[str] = ("acc", "f1_macro", "ece", "loss")
 ) -> dict[str, dict]:
-    """``{key: {"in_distribution": x, "ood": y, "gap": x - y}}`` for each key.
+    """``{key: {"in_distribution": x, "ood": y, "gap": x - y, "ood_worse_by": d, "worse": side}}`` per key.
 
-    A key missing (or None) on either side gives None for that side and for the
-    gap. Note the sign: a positive gap means the OOD value is lower, which is
-    worse for acc/f1 but better for ece/loss.
+    ``gap`` is the raw difference ID − OOD (its good sign depends on the metric);
+    ``ood_worse_by`` has one sign for every metric: positive means OOD is worse
+    (lower accuracy/F1/score, higher ECE/loss/perplexity), negative that it is better.
+    ``worse`` names the worse side: "ood", "in_distribution" or "neither".
+    A key missing (or None) on either side gives None for that side, the gap and the rest.
     """
     table = {}
     for key in keys:
         x, y = in_dist.get(key), ood.get(key)
         gap = float(x) - float(y) if isinstance(x, numbers.Real) and isinstance(y, numbers.Real) else None
+        worse_by = None if gap is None else (-gap if key in LOWER_IS_BETTER else gap)
         table[key] = {
             "in_distribution": None if x is None else float(x),
             "ood": None if y is None else float(y),
             "gap": gap,
+            "ood_worse_by": worse_by,
+            "worse": None if worse_by is None else "ood" if worse_by > 0 else "in_distribution" if worse_by < 0 else "neither",
         }
     return table

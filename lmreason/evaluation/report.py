@@ -6,9 +6,6 @@ from collections.abc import Mapping
 
 from rich.table import Table
 
-# For these metrics lower is better, so a *negative* in-distribution minus OOD gap is the bad case.
-_LOWER_IS_BETTER = {"ece", "loss", "perplexity"}
-
 
 def _fmt(value, digits: int = 4) -> str:
     """Fixed-point number, or an em dash for a missing value."""
@@ -51,8 +48,13 @@ def metrics_table(metrics: Mapping, title: str) -> Table:
 
 
 def slices_table(slices: Mapping[str, Mapping], column: str) -> Table:
-    """One row per slice value (as ordered by ``metrics.slice_metrics``): n, acc, f1_macro, ece."""
-    table = Table(title=f"by {column}", title_justify="left")
+    """One row per slice value (as ordered by ``metrics.slice_metrics``): n, acc, f1_macro, ece.
+
+    f1_macro is blank (—) for a slice whose gold labels are all one class: read its accuracy.
+    """
+    single = any(row.get("f1_macro") is None for row in slices.values())
+    caption = "— f1_macro: the slice holds one class; read acc" if single else None
+    table = Table(title=f"by {column}", title_justify="left", caption=caption, caption_justify="left")
     table.add_column(column, style="bold")
     table.add_column("n", justify="right")
     for name in ("acc", "f1_macro", "ece"):
@@ -86,23 +88,31 @@ def generation_slices_table(slices: Mapping[str, Mapping], column: str) -> Table
     return table
 
 
-def gap_rich_table(gap: Mapping[str, Mapping], id_name: str = "test", ood_name: str = "ood") -> Table:
-    """Metric, in-distribution, OOD and gap columns from ``metrics.gap_table``.
+def gap_rich_table(gap: Mapping[str, Mapping], id_name: str = "test", ood_name: str = "ood", about: str | None = None) -> Table:
+    """Metric, in-distribution, OOD and "OOD worse by" columns from ``metrics.gap_table``.
 
-    The gap is red where OOD is worse (lower acc/f1, higher ece/loss) and green where it is better.
+    "OOD worse by" has one sign for every metric: positive (red) = OOD is worse — lower
+    accuracy/F1/score, higher ECE/loss/perplexity —, negative (green) = OOD is better.
+    ``about``: what the OOD split is (a caption).
     """
-    table = Table(title="in-distribution vs OOD", title_justify="left")
+    table = Table(title="in-distribution vs OOD", title_justify="left", caption=about, caption_justify="left")
     table.add_column("metric", style="bold")
     table.add_column(f"in-distribution ({id_name})", justify="right")
     table.add_column(f"OOD ({ood_name})", justify="right")
-    table.add_column("gap (ID − OOD)", justify="right")
+    table.add_column("OOD worse by", justify="right")
+    table.add_column("reading")
     for key, row in gap.items():
-        value = row["gap"]
-        gap_text = "—" if value is None else f"{value:+.4f}"
-        if value:  # None and exactly 0 stay uncoloured
-            ood_worse = value < 0 if key in _LOWER_IS_BETTER else value > 0
-            gap_text = f"[{'red' if ood_worse else 'green'}]{gap_text}[/]"
-        table.add_row(key, _fmt(row["in_distribution"]), _fmt(row["ood"]), gap_text)
+        value = row.get("ood_worse_by")
+        text, reading = "—", ""
+        if value is not None:
+            text = f"{value:+.4f}"
+            if value:  # exactly 0 stays uncoloured
+                colour = "red" if value > 0 else "green"
+                text = f"[{colour}]{text}[/]"
+                reading = f"[{colour}]{'OOD worse' if value > 0 else 'OOD better'}[/]"
+            else:
+                reading = "equal"
+        table.add_row(key, _fmt(row["in_distribution"]), _fmt(row["ood"]), text, reading)
     return table
 
 

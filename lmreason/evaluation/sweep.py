@@ -115,13 +115,25 @@ def read_run(run_dir: Path, root: Path) -> dict:
     elif run["status"] == "interrupted":
         run["note"] = f"resume with: lmreason finetune resume={run_dir}"
     metric = (run["monitor"] or "").split("/", 1)[-1]
+    at_majority = []
+    val_acc, majority = _number((metrics.get("val") or {}).get("val/acc")), _number(metrics.get("val_majority_baseline"))
+    if val_acc is not None and majority is not None and val_acc <= majority + 1e-9:
+        at_majority.append(f"validation acc {val_acc:.3f}")
     for split_dir in sorted((run_dir / "eval").glob("*/metrics.json")):
         try:
-            value = _number(json.loads(split_dir.read_text()).get(metric))
+            split_metrics = json.loads(split_dir.read_text())
+            value = _number(split_metrics.get(metric))
         except (OSError, ValueError, AttributeError):
-            value = None
+            split_metrics, value = {}, None
         if value is not None:
             run["eval"][f"{split_dir.parent.name}/{metric}"] = value
+        acc, base = _number(split_metrics.get("acc")), _number(split_metrics.get("majority_baseline"))
+        if acc is not None and base is not None and acc <= base + 1e-9:
+            at_majority.append(f"{split_dir.parent.name} acc {acc:.3f}")
+    run["at_majority_baseline"] = bool(at_majority)
+    if at_majority:  # a model that learned nothing: it predicts (no better than) the most frequent class
+        flag = f"at the majority baseline ({', '.join(at_majority)}): learned nothing beyond the most frequent class"
+        run["note"] = f"{run['note']}; {flag}" if run["note"] else flag
     return run
 
 
@@ -168,7 +180,7 @@ def sweep_table(report: dict, eval_columns: list[str]):
     for run in runs:
         style = STATUS_STYLE.get(run["status"], "")
         table.add_row(
-            ("★ " if run["is_best"] else "") + run["run"],
+            ("★ " if run["is_best"] else "") + ("⚠ " if run.get("at_majority_baseline") else "") + run["run"],
             *(_short(run["overrides"].get(key)) for key in varying),
             _fmt(run["best_metric"]),
             *(_fmt(run["eval"].get(column)) for column in eval_columns),
