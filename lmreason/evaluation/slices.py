@@ -29,8 +29,24 @@ def slice_columns(asked, metadata_columns: list[str], dataset) -> list[str]:
                             f"metadata columns are: {', '.join(metadata_columns) or 'none'}")
         return list(asked)
     limit = min(MAX_SLICE_VALUES, len(dataset) - 1)
-    return [c for c in metadata_columns
-            if c in dataset.column_names and c not in NOT_SLICES and 2 <= len(set(map(str, dataset[c]))) <= limit]
+    chosen, seen = [], set()
+    # `difficulty` first: where a task's difficulty *is* one of its metadata fields (chain_sum: the number
+    # of terms), the two columns slice identically and the table is shown once, under that name.
+    for column in sorted(metadata_columns, key=lambda c: c != "difficulty"):
+        if column not in dataset.column_names or column in NOT_SLICES:
+            continue
+        values = tuple(map(str, dataset[column]))
+        grouping = _partition(values)
+        if 2 <= len(set(values)) <= limit and grouping not in seen:
+            seen.add(grouping)
+            chosen.append(column)
+    return chosen
+
+
+def _partition(values: tuple) -> tuple:
+    """The grouping of rows a column induces, whatever its values are called."""
+    first: dict = {}
+    return tuple(first.setdefault(v, len(first)) for v in values)
 
 
 def generation_slices(correct: np.ndarray, scores: np.ndarray, values) -> dict[str, dict]:

@@ -462,6 +462,7 @@ class FinetuneRecipe:
             "best_step": es.best_step,
             "val": {k: v for k, v in (best_entry or {}).items() if k.startswith("val/")},
             "last_val": {k: v for k, v in (self.history[-1] if self.history else {}).items() if k.startswith("val/")},
+            "val_majority_baseline": self._majority_baseline("validation"),
             "steps": self.step,
             "epochs": self.epoch + (self.batch_in_epoch / max(1, self.micro_batches_per_epoch)),
             "skipped_steps": self.skipped_steps,
@@ -491,6 +492,11 @@ class FinetuneRecipe:
             if self.writer and status in ("completed", "early_stopped"):
                 self._log_hparams(results)
         return results
+
+    def _majority_baseline(self, split: str) -> float | None:
+        """Accuracy of always predicting the split's most frequent label (classification), else None."""
+        counts = self.data.summary["splits"].get(split, {}).get("labels")
+        return max(counts.values()) / sum(counts.values()) if counts and sum(counts.values()) else None
 
     def _log_hparams(self, results: dict) -> None:
         cfg = self.cfg
