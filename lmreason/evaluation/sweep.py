@@ -11,6 +11,7 @@ trace get a status instead of breaking the report. The table goes to the termina
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -19,6 +20,7 @@ import socket
 import time
 from pathlib import Path
 
+from lmreason.atomic import atomic_write, atomic_write_json
 from lmreason.errors import UserError
 
 FINISHED = ("completed", "early_stopped")  # the statuses that can be "best"
@@ -64,7 +66,7 @@ def sweep_report(sweep_dir) -> dict:
         "optuna": _optuna_results(root),
         "runs": runs,
     }
-    _write_json(root / "sweep_report.json", report)
+    atomic_write_json(root / "sweep_report.json", report)
     _write_csv(root / "sweep_report.csv", runs, varying, eval_columns)
     console.print(sweep_table(report, eval_columns))
     if best:
@@ -279,25 +281,18 @@ def _duration(seconds) -> str:
     return f"{hours}h{minutes:02d}m" if hours else (f"{minutes}m{secs:02d}s" if minutes else f"{secs}s")
 
 
-def _write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    os.replace(tmp, path)
-
-
 def _write_csv(path: Path, runs: list[dict], varying: list[str], eval_columns: list[str]) -> None:
     header = ["run", "is_best", "status", *varying, "monitor", "best_metric", "best_step", "steps", *eval_columns,
               "wall_time_s", "note", "dir"]
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        for run in runs:
-            writer.writerow([run["run"], run["is_best"], run["status"], *(run["overrides"].get(k, "") for k in varying),
-                             run["monitor"] or "", _blank(run["best_metric"]), _blank(run["best_step"]), _blank(run["steps"]),
-                             *(_blank(run["eval"].get(c)) for c in eval_columns), _blank(run["wall_time_s"]),
-                             run["note"], run["dir"]])
-    os.replace(tmp, path)
+    handle = io.StringIO(newline="")
+    writer = csv.writer(handle)
+    writer.writerow(header)
+    for run in runs:
+        writer.writerow([run["run"], run["is_best"], run["status"], *(run["overrides"].get(k, "") for k in varying),
+                         run["monitor"] or "", _blank(run["best_metric"]), _blank(run["best_step"]), _blank(run["steps"]),
+                         *(_blank(run["eval"].get(c)) for c in eval_columns), _blank(run["wall_time_s"]),
+                         run["note"], run["dir"]])
+    atomic_write(path, handle.getvalue())
 
 
 def _blank(value):
