@@ -119,13 +119,11 @@ class FinetuneRecipe:
         import torch
 
         from lmreason.data.prepare import prepare_data
-        from lmreason.models.first_token import first_token_only
+        from lmreason.models.fast_paths import apply_fast_paths
         from lmreason.models.freezing import apply_freezing
         from lmreason.models.loading import load_tokenizer
         from lmreason.tasks import get_task
         from lmreason.training.device import resolve_device
-        from lmreason.training.dropout import use_fast_dropout
-        from lmreason.training.embedding_grad import use_row_gradient
         from lmreason.training.optim import build_optimizer, build_scheduler
 
         cfg = self.cfg
@@ -161,9 +159,9 @@ class FinetuneRecipe:
             self.model = self.task.build_model(cfg, self.label_names)
         self.param_counts = apply_freezing(self.model, cfg.regularization)
         self.model.to(self.device)
-        first_token_only(self.model)  # a classifier's head reads [CLS]: its last layer computes only that position
-        use_fast_dropout(self.model, self.device)  # CPU: a cheaper dropout mask, same distribution
-        use_row_gradient(self.model, self.device, self.dist.world_size)  # CPU: no fresh (vocab x d) gradient per step
+        # [CLS]-only last layer, 16-bit dropout masks, persistent embedding gradient: each checked, named in the banner
+        self.fast_paths = apply_fast_paths(self.model, self.device, self.dist.world_size,
+                                           enabled=cfg.device.fast_paths, training=True)
         self.model_for_training = self.dist.wrap(self.model)
 
         t = cfg.train
@@ -474,6 +472,7 @@ class FinetuneRecipe:
             "device": str(self.device),
             "precision": self.precision,
             "world_size": self.dist.world_size,
+            "fast_paths": self.fast_paths.as_dict(),  # {applied: [...], skipped: {name: why}}
             "history": self.history,
             # who writes it, and when: tells a sweep report a live "running" run from a killed one
             "process": {"host": socket.gethostname(), "pid": os.getpid(), "updated_at": time.time()},
