@@ -53,6 +53,10 @@ def share_group_listing() -> None:
     One help call lists from one unchanged repository, so the copy made for a given
     (config, overrides) is shared. Skipped if Hydra's internals differ from 1.3's.
     """
+    # Checked against hydra-core 1.3.8 (the installed version: the private
+    # `ConfigLoaderImpl._parse_overrides_and_create_caching_repo(self, config_name, overrides)`
+    # returning (parsed overrides, CachingConfigRepository)); pyproject asks for >=1.3. If a
+    # Hydra release renames it, the guard below leaves help unpatched: slower, same text.
     try:
         from hydra._internal.config_loader_impl import ConfigLoaderImpl
 

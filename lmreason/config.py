@@ -156,6 +156,7 @@ class DeviceConfig:
     precision: str = "auto"
     threads: Optional[int] = None
     backend: str = "auto"
+    fast_paths: bool = True  # lmreason.models.fast_paths: CPU speed-ups that patch torch/transformers internals
 
 
 @dataclass

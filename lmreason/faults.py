@@ -4,11 +4,17 @@
     LMREASON_RENDEZVOUS="<point>:<dir>:<k>"    at <point>, wait (up to a minute) until k processes arrived
 
 Actions: KILL, TERM, INT (send that signal to this process: KILL is a pre-emption, no handler and no
-cleanup run), ENOSPC (raise "No space left on device" as a full disk would).
-Points: train_step (gradients computed, optimizer not stepped), validation (after the first
-validation batch), checkpoint_write (weights written into the temporary dir, trainer state not yet),
-checkpoint_swap (old checkpoint moved aside, new one not yet in place), prepare_write (cache
-written under its temporary name, not yet renamed into place).
+cleanup run), ENOSPC (raise "No space left on device" as a full disk would); STOP and NAN are
+carried out by the caller, to which `fault_point` returns them: STOP at train_step asks the
+trainer for a graceful stop at the end of that step (as SIGTERM would, without a signal: safe in
+process), NAN at loss makes that micro-batch's loss NaN.
+Points: loss (a micro-batch's loss computed, backward not run), train_step (gradients computed,
+optimizer not stepped; once per optimizer step), validation (after the first validation batch),
+checkpoint_write (weights written into the temporary dir, trainer state not yet), checkpoint_swap
+(old checkpoint moved aside, new one not yet in place), prepare_write (cache written under its
+temporary name, not yet renamed into place).
+Counts start at 0 in each process and again at `reset_counts()`, which a finetune run calls as it starts (so
+runs in one test process count alike): "train_step:10:STOP" stops a fresh run at step 10.
 With neither variable set (always, outside tests) `fault_point` is a dictionary lookup.
 """
 
@@ -24,23 +30,34 @@ from pathlib import Path
 _reached: Counter = Counter()
 
 
-def fault_point(name: str) -> None:
-    """Mark reaching `name`; act if a test asked for a fault here."""
+CALLER_ACTIONS = ("STOP", "NAN")  # returned by `fault_point`: the caller knows how to do them
+
+
+def fault_point(name: str) -> str | None:
+    """Mark reaching `name`; act if a test asked for a fault here. Returns "STOP"/"NAN" for the caller to do."""
     spec = os.environ.get("LMREASON_FAULT_AT")
+    action = None
     if spec:
-        point, count, action = spec.split(":")
+        point, count, wanted = spec.split(":")
         if point == name:
             _reached[name] += 1
             if _reached[name] == int(count):
-                _act(action, name)
+                action = wanted if wanted in CALLER_ACTIONS else _act(wanted, name)
     meeting = os.environ.get("LMREASON_RENDEZVOUS")
     if meeting:
         point, folder, expected = meeting.rsplit(":", 2)
         if point == name:
             _rendezvous(Path(folder), int(expected))
+    return action
+
+
+def reset_counts() -> None:
+    """Count every point from 0 again (a finetune run calls it as it starts)."""
+    _reached.clear()
 
 
 def _act(action: str, name: str) -> None:
+    """Do a process-level action: a signal to this process, or a full disk."""
     if action == "ENOSPC":
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f"(injected at {name})")
     os.kill(os.getpid(), getattr(signal, f"SIG{action}"))

@@ -51,6 +51,7 @@ def render_banner(recipe, out: Console = console) -> None:
         "parameters": f"{counts['trainable']:,} trainable, {counts['frozen']:,} frozen",
         "optimizer": f"{cfg.optimizer.name} lr {cfg.optimizer.lr:g}, {cfg.scheduler.name} schedule, weight decay {cfg.regularization.weight_decay:g}",
         "device": f"{recipe.device} ({recipe.precision}, {__import__('torch').get_num_threads()} threads)",
+        "fast paths": recipe.fast_paths.describe(),
         "early stopping": (f"{t.early_stopping.monitor} ({t.early_stopping.mode}), patience {t.early_stopping.patience}"
                            if t.early_stopping.enabled else "off"),
     }

@@ -80,9 +80,9 @@ def test_two_process_ddp_matches_one_process(tmp_path, cache_dir, data, single_p
 def test_ddp_resume_continues_the_same_curve(tmp_path, cache_dir, data, single_process_run):
     run_dir = tmp_path / "run"
     args = ["finetune", *COMMON, f"data.path={data}", f"train.batch_size={GLOBAL_BATCH // 2}"]
-    # LMREASON_STOP_AFTER_STEPS acts as a SIGTERM at step 3 (mid-epoch 1), on every rank.
+    # A STOP fault point acts as a SIGTERM during step 3 (mid-epoch 1), on every rank.
     proc = torchrun(*args, f"hydra.run.dir={run_dir}", cache_dir=cache_dir, cwd=tmp_path, check=False,
-                    env_extra={"LMREASON_STOP_AFTER_STEPS": "3"})
+                    env_extra={"LMREASON_FAULT_AT": "train_step:3:STOP"})
     assert proc.returncode != 0 and f"resume={run_dir}" in proc.stderr
     assert read_json(run_dir / "metrics.json")["status"] == "interrupted"
 

@@ -64,9 +64,9 @@ def test_resume_continues_an_interrupted_run(tmp_path, cache_dir):
     full = tmp_path / "full"
     finetune(tmp_path, cache_dir, full, *args)
     partial = tmp_path / "partial"
-    # LMREASON_STOP_AFTER_STEPS makes the run act as if SIGTERM arrived at step 10 (mid-epoch 2).
+    # A STOP fault point makes the run act as if SIGTERM arrived during step 10 (mid-epoch 2).
     proc = run_cli("finetune", *TINY_TRAIN, *args, f"hydra.run.dir={partial}", cache_dir=cache_dir, cwd=tmp_path, check=False,
-                   env_extra={"LMREASON_STOP_AFTER_STEPS": "10"})
+                   env_extra={"LMREASON_FAULT_AT": "train_step:10:STOP"})
     assert proc.returncode == 1 and "resume=" in proc.stderr
     assert read_json(partial / "metrics.json")["status"] == "interrupted"
     run_cli("finetune", f"resume={partial}", "device=cpu", cache_dir=cache_dir, cwd=tmp_path)
@@ -127,7 +127,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, cache_dir):
     run_dir = tmp_path / "run"
     proc = run_cli("finetune", *TINY_TRAIN, "data=local", f"data.path={data}", "train.epochs=2",
                    "train.eval_every_steps=1", "train.eval_every_epoch=false", f"hydra.run.dir={run_dir}",
-                   cache_dir=cache_dir, cwd=tmp_path, check=False, env_extra={"LMREASON_INJECT_NAN_AT_STEP": "3"})
+                   cache_dir=cache_dir, cwd=tmp_path, check=False, env_extra={"LMREASON_FAULT_AT": "loss:3:NAN"})
     assert proc.returncode == 1
     assert "NaN/inf at step 3" in proc.stderr and "Traceback" not in proc.stderr
     state = json.loads((run_dir / "checkpoints" / "last" / "lmreason.json").read_text())

@@ -251,7 +251,7 @@ def test_nonfinite_skip_skips_the_step_counts_it_and_finishes(tmp_path, cache_di
     import torch
 
     data = write_sentiment_csv(tmp_path / "data.csv", 60, seed=24)
-    monkeypatch.setenv("LMREASON_INJECT_NAN_AT_STEP", "3")
+    monkeypatch.setenv("LMREASON_FAULT_AT", "loss:3:NAN")  # the 3rd micro-batch = step 3 (no accumulation)
     results = finetune_in_process(tmp_path, cache_dir, "data=local", f"data.path={data}", "train.epochs=2",
                                   "train.nonfinite=skip", "train.early_stopping.enabled=false")
     metrics = read_json(tmp_path / "out" / "metrics.json")

@@ -75,11 +75,6 @@ _DIFFICULTY: dict[str, tuple[str, Callable[[dict], Any]]] = {
 # public API
 
 
-def available_tasks() -> list[str]:
-    """Names of the reasoning-gym generators."""
-    return sorted(_registry())
-
-
 def difficulty_definition(task: str) -> str | None:
     """What the `difficulty` column means for `task`, or None when rows have no such column.
 

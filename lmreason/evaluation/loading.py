@@ -68,7 +68,7 @@ def load_model_for_inference(checkpoint_dir: Path, task_name: str, device, trust
     """(model in eval mode on `device`, tokenizer). Safetensors weights only."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-    from lmreason.models.first_token import first_token_only
+    from lmreason.models.fast_paths import apply_fast_paths
 
     auto = AutoModelForSequenceClassification if task_name == "cls" else AutoModelForCausalLM
     try:
@@ -80,7 +80,7 @@ def load_model_for_inference(checkpoint_dir: Path, task_name: str, device, trust
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.to(device).eval()
-    first_token_only(model)  # a classifier's head reads [CLS]: its last layer computes only that position
+    apply_fast_paths(model, device, training=False)  # a classifier's last layer computes [CLS] only (checked)
     return model, tokenizer
 
 

