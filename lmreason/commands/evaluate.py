@@ -58,7 +58,7 @@ def run(cfg: DictConfig) -> dict:
     _check_ood_asked_of_a_source_with_some(cfg, eval_cfg)
     device, precision = resolve_device(cfg.device)
     task = get_task(eval_cfg.task)
-    model, tokenizer = load_model_for_inference(checkpoint_dir, task.name, device)
+    model, tokenizer = load_model_for_inference(checkpoint_dir, task.name, device, cfg.device.fast_paths)
     eval_cfg.model.max_length = checkpoint_max_length(saved, tokenizer)
     data = prepare_data(eval_cfg, task, tokenizer)
     if cfg.split not in data.splits:

@@ -63,7 +63,7 @@ def run(cfg: DictConfig) -> list[dict]:
     saved = saved_run_config(checkpoint_dir)
     task = get_task(saved.task if saved is not None else task_of_model_dir(checkpoint_dir))
     device, precision = resolve_device(cfg.device)
-    model, tokenizer = load_model_for_inference(checkpoint_dir, task.name, device)
+    model, tokenizer = load_model_for_inference(checkpoint_dir, task.name, device, cfg.device.fast_paths)
     session = InferenceSession(model, tokenizer, device, precision, cfg.batch_size,
                                checkpoint_max_length(saved, tokenizer), cfg.generation)
     streamed = task.name == "gen" and len(texts) == 1 and not cfg.output  # one answer on the terminal: print it as it comes

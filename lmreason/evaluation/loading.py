@@ -64,7 +64,8 @@ def saved_run_config(checkpoint_dir: Path) -> DictConfig | None:
         raise UserError(f"{path}: unreadable config ({type(exc).__name__}); the checkpoint dir may be damaged") from None
 
 
-def load_model_for_inference(checkpoint_dir: Path, task_name: str, device, trust_remote_code: bool = False):
+def load_model_for_inference(checkpoint_dir: Path, task_name: str, device, fast_paths: bool = True,
+                             trust_remote_code: bool = False):
     """(model in eval mode on `device`, tokenizer). Safetensors weights only."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -80,7 +81,7 @@ def load_model_for_inference(checkpoint_dir: Path, task_name: str, device, trust
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.to(device).eval()
-    apply_fast_paths(model, device, training=False)  # a classifier's last layer computes [CLS] only (checked)
+    apply_fast_paths(model, device, enabled=fast_paths, training=False)  # a classifier's last layer computes [CLS] only (checked)
     return model, tokenizer
 
 
