@@ -11,6 +11,7 @@ from omegaconf import DictConfig, ListConfig
 
 from lmreason.commands.entry import hydra_command
 from lmreason.errors import UserError
+from lmreason.validation import validate
 
 
 def read_inputs(cfg: DictConfig) -> tuple[list[str], list[str] | None]:
@@ -50,6 +51,7 @@ def read_inputs(cfg: DictConfig) -> tuple[list[str], list[str] | None]:
 
 def run(cfg: DictConfig) -> list[dict]:
     """Predict for every input; returns one dict per input, in input order."""
+    validate("infer", cfg)
     from lmreason.evaluation.loading import load_model_for_inference, resolve_checkpoint, saved_run_config
     from lmreason.tasks import get_task
     from lmreason.training.device import resolve_device

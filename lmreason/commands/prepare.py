@@ -5,6 +5,7 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from lmreason.commands.entry import hydra_command
+from lmreason.validation import validate
 
 
 def run(cfg: DictConfig) -> dict:
@@ -12,6 +13,7 @@ def run(cfg: DictConfig) -> dict:
     from lmreason.data.prepare import prepare_data
     from lmreason.ui import console, render_prepare_summary
 
+    validate("prepare", cfg)
     prepared = prepare_data(cfg)
     render_prepare_summary(prepared, console)
     return prepared.summary
