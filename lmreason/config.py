@@ -11,6 +11,18 @@ through the option's `defaults:` list. Importing this module must stay cheap
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
+
+try:
+    from enum import StrEnum
+except ImportError:  # Python 3.10: the same behaviour for what lmreason uses (==, str(), f-strings)
+
+    class StrEnum(str, Enum):
+        def __str__(self) -> str:
+            return str(self.value)
+
+        def __format__(self, spec: str) -> str:
+            return format(str(self.value), spec)
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -27,6 +39,66 @@ def config_dir() -> str:
     raise RuntimeError(f"lmreason's conf/ directory is missing next to {package_dir}; reinstall lmreason")
 
 
+# --------------------------------------------------------------------------- closed choices
+# Enum-typed keys: Hydra rejects any other value at compose time, naming the key and the
+# allowed values (`Invalid value 'fp64', expected one of [auto, fp32, bf16, fp16]`). StrEnum
+# members are strings: `cfg.device.precision == "fp32"` holds, f-strings and json.dumps give the
+# value, and OmegaConf.to_yaml of a run's config (what checkpoints store) writes plain strings
+# that merge back onto these schemas. (OmegaConf.to_container without enum_to_str=True keeps the
+# members: compare them as strings, never dump that container with a YAML library.)
+class ModelArch(StrEnum):
+    encoder = "encoder"  # classification heads
+    decoder = "decoder"  # causal LM (task=gen)
+
+
+class MonitorMode(StrEnum):
+    min = "min"  # lower is better
+    max = "max"  # higher is better
+
+
+class DataFormat(StrEnum):
+    csv = "csv"
+    tsv = "tsv"
+    json = "json"
+    jsonl = "jsonl"
+    parquet = "parquet"
+
+
+class OptimizerName(StrEnum):  # what lmreason.training.optim.build_optimizer builds
+    adamw = "adamw"
+    sgd = "sgd"
+
+
+class SchedulerName(StrEnum):  # what lmreason.training.optim.build_scheduler builds
+    linear = "linear"
+    cosine = "cosine"
+    constant = "constant"
+
+
+class DeviceType(StrEnum):
+    auto = "auto"  # CUDA when present, else the CPU
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Precision(StrEnum):
+    auto = "auto"  # bf16 on CUDA GPUs that support it, fp32 elsewhere
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"  # CUDA only
+
+
+class DistributedBackend(StrEnum):  # torch.distributed backends lmreason runs DDP with
+    auto = "auto"  # nccl on CUDA, gloo on the CPU
+    nccl = "nccl"
+    gloo = "gloo"
+
+
+class NonFinitePolicy(StrEnum):
+    stop = "stop"  # keep the last good checkpoint and end the run
+    skip = "skip"  # drop the step's update and go on
+
+
 # --------------------------------------------------------------------------- model
 @dataclass
 class LoraConfig:
@@ -41,7 +113,7 @@ class LoraConfig:
 @dataclass
 class ModelConfig:
     name_or_path: str = MISSING
-    arch: str = "encoder"
+    arch: ModelArch = ModelArch.encoder
     tokenizer: Optional[str] = None
     from_scratch: bool = False
     config_overrides: Dict[str, Any] = field(default_factory=dict)
@@ -55,14 +127,14 @@ class ModelConfig:
 class ClsTaskConfig:
     name: str = "cls"
     monitor: str = "val/acc"
-    monitor_mode: str = "max"
+    monitor_mode: MonitorMode = MonitorMode.max
 
 
 @dataclass
 class GenTaskConfig:
     name: str = "gen"
     monitor: str = "val/loss"
-    monitor_mode: str = "min"
+    monitor_mode: MonitorMode = MonitorMode.min
     use_chat_template: bool = True
     prompt_template: str = "Question: {prompt}\nAnswer: "
     system_prompt: Optional[str] = None
@@ -91,7 +163,7 @@ class LocalDataConfig(DataConfig):
     source: str = "local"
     name: str = "local"
     path: str = MISSING
-    format: Optional[str] = None
+    format: Optional[DataFormat] = None
 
 
 @dataclass
@@ -125,7 +197,7 @@ class HubDataConfig(DataConfig):
 # --------------------------------------------------------------------------- training parts
 @dataclass
 class OptimizerConfig:
-    name: str = "adamw"
+    name: OptimizerName = OptimizerName.adamw
     lr: float = 5e-5
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
@@ -135,7 +207,7 @@ class OptimizerConfig:
 
 @dataclass
 class SchedulerConfig:
-    name: str = "linear"
+    name: SchedulerName = SchedulerName.linear
     warmup_steps: float = 0.06
     min_lr_ratio: float = 0.0
 
@@ -152,10 +224,10 @@ class RegularizationConfig:
 
 @dataclass
 class DeviceConfig:
-    device: str = "auto"
-    precision: str = "auto"
+    device: DeviceType = DeviceType.auto
+    precision: Precision = Precision.auto
     threads: Optional[int] = None
-    backend: str = "auto"
+    backend: DistributedBackend = DistributedBackend.auto
     fast_paths: bool = True  # lmreason.models.fast_paths: CPU speed-ups that patch torch/transformers internals
 
 
@@ -163,7 +235,7 @@ class DeviceConfig:
 class EarlyStoppingConfig:
     enabled: bool = True
     monitor: str = "val/acc"
-    mode: str = "max"
+    mode: MonitorMode = MonitorMode.max
     patience: int = 3
     min_delta: float = 0.0
 
@@ -181,7 +253,7 @@ class TrainConfig:
     save_every_steps: Optional[int] = None
     log_every_steps: int = 10
     length_grouping: bool = True
-    nonfinite: str = "stop"
+    nonfinite: NonFinitePolicy = NonFinitePolicy.stop
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
 
 

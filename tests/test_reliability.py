@@ -204,7 +204,6 @@ BAD_FINETUNE_CONFIGS = {
     "a monitor the task never reports": (["train.early_stopping.monitor=val/accuracy"],
                                          "train.early_stopping.monitor=val/accuracy is not a validation metric"),
     "a negative learning rate": (["optimizer.lr=-0.1"], "optimizer.lr=-0.1"),
-    "an unknown schedule": (["scheduler.name=exponential"], "scheduler.name=exponential is unknown"),
     "no clipping bound": (["train.max_grad_norm=0"], "train.max_grad_norm=0"),
     "an OOD share of one file": (["+data.split_ratios.ood=0.1"],
                                  "data.split_ratios.ood=0.1: a random share of"),

@@ -8,6 +8,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lmreason.commands.entry import hydra_command
 from lmreason.errors import UserError
+from lmreason.validation import validate
 
 
 def evaluation_config(cfg: DictConfig, checkpoint_dir: Path, saved: DictConfig | None) -> DictConfig:
@@ -36,6 +37,7 @@ def evaluation_config(cfg: DictConfig, checkpoint_dir: Path, saved: DictConfig |
 
 def run(cfg: DictConfig) -> dict:
     """Evaluate a run or checkpoint on `cfg.split` (and the OOD split); returns {split: metrics}."""
+    validate("evaluate", cfg)
     if cfg.sweep:
         if cfg.run or cfg.checkpoint:
             raise UserError("give sweep= (a multirun dir) or run=/checkpoint= (one model), not both")

@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lmreason.commands.entry import hydra_command
 from lmreason.errors import UserError
+from lmreason.validation import validate
 
 
 def resolve_resume(cfg: DictConfig) -> tuple[DictConfig, Path]:
@@ -66,6 +67,7 @@ def run(cfg: DictConfig) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     recipe = None
     try:
+        validate("finetune", cfg)  # before any data or model is loaded; in the try: a sweep records why a job failed
         recipe = FinetuneRecipe(cfg, run_dir)  # checks the config: may raise too
         recipe.setup()
         if recipe.dist.is_main:

@@ -9,6 +9,7 @@ from omegaconf import DictConfig, ListConfig
 
 from lmreason.commands.entry import hydra_command
 from lmreason.errors import UserError
+from lmreason.validation import validate
 
 
 def read_inputs(cfg: DictConfig) -> tuple[list[str], list[str] | None]:
@@ -48,6 +49,7 @@ def read_inputs(cfg: DictConfig) -> tuple[list[str], list[str] | None]:
 
 def run(cfg: DictConfig) -> list[dict]:
     """Predict for every input; returns one dict per input, in input order."""
+    validate("infer", cfg)
     from lmreason.evaluation.inference import infer_answers, infer_labels
     from lmreason.evaluation.loading import (checkpoint_max_length, load_model_for_inference, resolve_checkpoint,
                                              saved_run_config, task_of_model_dir)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from lmreason.commands.entry import hydra_command
+from lmreason.validation import validate
 
 
 def run(cfg: DictConfig) -> dict:
@@ -13,6 +14,7 @@ def run(cfg: DictConfig) -> dict:
     from lmreason.tasks import get_task
     from lmreason.ui import console, render_prepare_summary
 
+    validate("prepare", cfg)
     prepared = prepare_data(cfg, get_task(cfg.task))
     render_prepare_summary(prepared, console)
     return prepared.summary

@@ -116,31 +116,12 @@ def generate_reasoning_splits(
             to id_config; a cls task whose answers are missing, single or too many
             (> MAX_CLS_LABELS) to be a label set; a split that deduplication cannot fill.
     """
-    _check_task(task)
-    if mode not in MODES:
-        raise UserError(f"mode='{mode}' is unknown; use one of {', '.join(MODES)} (task=cls or task=gen)")
-    sizes = _check_sizes(sizes)
-    seed = _check_seed(seed)
-    id_config = _check_config(task, id_config, "id_config")
-    if ood_config is not None:
-        ood_config = _check_config(task, ood_config, "ood_config")
-        if "ood" not in sizes:
-            raise UserError(
-                "ood_config is set but sizes has no 'ood' entry; add sizes.ood=N (0 to skip it) or set ood_config=null"
-            )
-        if _full_config(task, ood_config) == _full_config(task, id_config):
-            raise UserError(
-                f"ood_config {ood_config} gives the same {task} settings as id_config {id_config}; "
-                "set harder settings in ood_config (e.g. larger sizes or ranges) or set ood_config=null"
-            )
-    elif sizes.get("ood"):
+    sizes, seed, id_config, ood_config = check_request(task, sizes, seed, id_config, ood_config, mode)
+    if ood_config is None and sizes.get("ood"):
         log.info("sizes.ood=%d ignored: ood_config is null, so there is no ood split", sizes["ood"])
     plan = [(split, id_config, "id") for split in ("train", "validation", "test")]
     if ood_config is not None:
         plan.append(("ood", ood_config, "ood"))
-
-    if not any(sizes.get(split, 0) for split, _, _ in plan):
-        raise UserError(f"sizes={sizes} asks for no examples; give e.g. sizes.train=2000, sizes.test=500")
 
     entries: dict[str, list[tuple[dict, int, int]]] = {}  # split -> [(entry, source_seed, source_index)]
     seen: set[str] = set()                                  # questions of train and earlier eval splits
@@ -186,6 +167,38 @@ def score_answer(task: str, generated: str, row: dict) -> float:
 
 # ---------------------------------------------------------------------------------------------
 # validation
+
+
+def check_request(task: str, sizes: Mapping, seed: Any, id_config: Any, ood_config: Any, mode: str = "cls"):
+    """The checks of `generate_reasoning_splits` that draw nothing: (sizes, seed, id_config, ood_config), plain.
+
+    `lmreason.validation` runs them for `data=reasoning` before any tokenizer or model is loaded.
+
+    Raises:
+        UserError: unknown task, mode or split name; a size that is not a non-negative int; an unknown or
+            invalid generator setting; ood_config without an ood size or equal to id_config; no examples asked.
+    """
+    _check_task(task)
+    if mode not in MODES:
+        raise UserError(f"mode='{mode}' is unknown; use one of {', '.join(MODES)} (task=cls or task=gen)")
+    sizes = _check_sizes(sizes)
+    seed = _check_seed(seed)
+    id_config = _check_config(task, id_config, "id_config")
+    if ood_config is not None:
+        ood_config = _check_config(task, ood_config, "ood_config")
+        if "ood" not in sizes:
+            raise UserError(
+                "ood_config is set but sizes has no 'ood' entry; add sizes.ood=N (0 to skip it) or set ood_config=null"
+            )
+        if _full_config(task, ood_config) == _full_config(task, id_config):
+            raise UserError(
+                f"ood_config {ood_config} gives the same {task} settings as id_config {id_config}; "
+                "set harder settings in ood_config (e.g. larger sizes or ranges) or set ood_config=null"
+            )
+    splits = ("train", "validation", "test") + (("ood",) if ood_config is not None else ())
+    if not any(sizes.get(split, 0) for split in splits):
+        raise UserError(f"sizes={sizes} asks for no examples; give e.g. sizes.train=2000, sizes.test=500")
+    return sizes, seed, id_config, ood_config
 
 
 def _registry() -> dict[str, tuple[type, type]]:

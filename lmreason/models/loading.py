@@ -54,10 +54,8 @@ def load_config(model_cfg: DictConfig, cache_dir: str | None, reg_cfg: DictConfi
 
 
 def _override_dropout(config, keys, value, key_name) -> None:
-    if value is None:
+    if value is None:  # the range is checked by lmreason.validation
         return
-    if not 0.0 <= value < 1.0:
-        raise UserError(f"{key_name}={value}: a dropout probability must be in [0, 1)")
     present = [k for k in keys if hasattr(config, k)]
     if not present:
         raise UserError(f"{key_name}: {type(config).__name__} has no dropout field to override; leave it null")
@@ -69,8 +67,6 @@ def build_classifier(model_cfg: DictConfig, label_names: list[str], cache_dir: s
     """A sequence-classification model with a fresh head sized to `label_names`."""
     from transformers import AutoModelForSequenceClassification
 
-    if model_cfg.arch != "encoder" and model_cfg.arch != "decoder":
-        raise UserError(f"model.arch={model_cfg.arch}: use encoder or decoder")
     id2label = dict(enumerate(label_names))
     path, config = load_config(
         model_cfg, cache_dir, reg_cfg, num_labels=len(label_names), id2label=id2label,

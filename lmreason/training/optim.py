@@ -27,30 +27,14 @@ def parameter_groups(model, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": exempt, "weight_decay": 0.0}]
 
 
-OPTIMIZERS = ("adamw", "sgd")
-SCHEDULES = ("linear", "cosine", "constant")
-
-
-def check_optimization_config(opt_cfg: DictConfig, sched_cfg: DictConfig, reg_cfg: DictConfig) -> None:
-    """The checks of `build_optimizer`/`build_scheduler` that need no model: run before any work starts."""
-    if opt_cfg.name not in OPTIMIZERS:
-        raise UserError(f"optimizer.name={opt_cfg.name} is unknown; use optimizer=adamw or optimizer=sgd")
-    if opt_cfg.lr <= 0:
-        raise UserError(f"optimizer.lr={opt_cfg.lr}: the learning rate must be positive")
-    if reg_cfg.weight_decay < 0:
-        raise UserError(f"regularization.weight_decay={reg_cfg.weight_decay}: must be >= 0")
-    if sched_cfg.name not in SCHEDULES:
-        raise UserError(f"scheduler.name={sched_cfg.name} is unknown; use linear, cosine or constant")
-    warmup_steps(sched_cfg, 1)
-
-
 def build_optimizer(model, opt_cfg: DictConfig, weight_decay: float):
+    """AdamW or SGD over the trainable parameters (values checked by `lmreason.validation`).
+
+    Raises:
+        UserError: nothing left to train (the regularization group froze every parameter).
+    """
     import torch
 
-    if opt_cfg.lr <= 0:
-        raise UserError(f"optimizer.lr={opt_cfg.lr}: the learning rate must be positive")
-    if weight_decay < 0:
-        raise UserError(f"regularization.weight_decay={weight_decay}: must be >= 0")
     groups = parameter_groups(model, weight_decay)
     if not any(g["params"] for g in groups):
         raise UserError("no trainable parameters left: the regularization group freezes everything; freeze less")
@@ -60,33 +44,45 @@ def build_optimizer(model, opt_cfg: DictConfig, weight_decay: float):
         return torch.optim.AdamW(groups, lr=opt_cfg.lr, betas=tuple(opt_cfg.betas), eps=opt_cfg.eps, fused=fused)
     if opt_cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=opt_cfg.lr, momentum=opt_cfg.momentum, nesterov=opt_cfg.nesterov)
-    raise UserError(f"optimizer.name={opt_cfg.name} is unknown; use optimizer=adamw or optimizer=sgd")
+    raise ValueError(f"optimizer.name={opt_cfg.name}: no builder (the schema's OptimizerName and this function disagree)")
 
 
 def warmup_steps(sched_cfg: DictConfig, total_steps: int) -> int:
-    """A float below 1 is a fraction of all steps (as transformers 5's warmup_steps), else a count."""
+    """A float below 1 is a fraction of all steps, rounded up, else a count: as transformers'
+    `TrainingArguments.get_warmup_steps`."""
     value = sched_cfg.warmup_steps
-    if value < 0:
-        raise UserError(f"scheduler.warmup_steps={value}: must be >= 0 (a fraction < 1 or a step count)")
     return int(math.ceil(value * total_steps)) if value < 1 else int(value)
 
 
 def build_scheduler(optimizer, sched_cfg: DictConfig, total_steps: int):
-    import torch
+    """The schedule from transformers' own functions, so lmreason and Hugging Face `Trainer` agree
+    step for step on the same settings (tests/test_validate.py compares them at every step).
+
+    The factor at step s (0-based: the lr of the s-th optimizer step), warmup w, total T:
+    warmup `s / w` (the first step trains at lr 0, as in Trainer), then
+      linear:   decay to 0 (get_linear_schedule_with_warmup); with min_lr_ratio r > 0, decay to r
+                (get_polynomial_decay_schedule_with_warmup, power 1, lr_end = r x lr);
+      cosine:   half a cosine down to r (get_cosine_with_min_lr_schedule_with_warmup, min_lr_rate r);
+      constant: 1 (get_constant_schedule_with_warmup).
+    A LambdaLR: its state_dict checkpoints the step, so resume continues the same curve.
+    """
+    from transformers import optimization as hf
 
     warmup = warmup_steps(sched_cfg, total_steps)
-    floor = sched_cfg.min_lr_ratio
-    if sched_cfg.name not in ("linear", "cosine", "constant"):
-        raise UserError(f"scheduler.name={sched_cfg.name} is unknown; use linear, cosine or constant")
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        if sched_cfg.name == "constant":
-            return 1.0
-        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-        if sched_cfg.name == "linear":
-            return floor + (1 - floor) * (1 - progress)
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    floor = float(sched_cfg.min_lr_ratio)
+    if sched_cfg.name == "constant":
+        return hf.get_constant_schedule_with_warmup(optimizer, num_warmup_steps=warmup)
+    if sched_cfg.name == "cosine":
+        return hf.get_cosine_with_min_lr_schedule_with_warmup(
+            optimizer, num_warmup_steps=warmup, num_training_steps=total_steps, min_lr_rate=floor)
+    if sched_cfg.name == "linear":
+        if floor == 0.0:
+            return hf.get_linear_schedule_with_warmup(optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+        if floor == 1.0:
+            return hf.get_constant_schedule_with_warmup(optimizer, num_warmup_steps=warmup)  # decays to the peak: flat
+        # the polynomial decay divides by (T - w): a warmup as long as training never decays (the lr after
+        # the last step aside), so any T > w gives the same lr to every step that trains
+        return hf.get_polynomial_decay_schedule_with_warmup(
+            optimizer, num_warmup_steps=warmup, num_training_steps=max(total_steps, warmup + 1),
+            lr_end=floor * optimizer.defaults["lr"], power=1.0)
+    raise ValueError(f"scheduler.name={sched_cfg.name}: no builder (the schema's SchedulerName and this function disagree)")

@@ -46,46 +46,12 @@ class FinetuneRecipe:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.dist = Distributed.from_env(cfg.device)
-        self._validate_config()
         self.stop_requested = None  # set to the signal name by SIGINT/SIGTERM
         reset_counts()  # tests: fault points count from this run's start, also in process
 
     # ------------------------------------------------------------------ validate
-    def _validate_config(self) -> None:
-        t = self.cfg.train
-        if t.grad_accum_steps < 1:
-            raise UserError(f"train.grad_accum_steps={t.grad_accum_steps}: must be >= 1")
-        if t.batch_size < 1 or t.eval_batch_size < 1:
-            raise UserError("train.batch_size and train.eval_batch_size must be >= 1")
-        if t.max_steps is None and t.epochs <= 0:
-            raise UserError(f"train.epochs={t.epochs}: must be > 0 (or set train.max_steps)")
-        if t.max_steps is not None and t.max_steps < 1:
-            raise UserError(f"train.max_steps={t.max_steps}: must be >= 1 (or null to use train.epochs)")
-        if t.nonfinite not in ("stop", "skip"):
-            raise UserError(f"train.nonfinite={t.nonfinite}: use stop or skip")
-        es = t.early_stopping
-        if es.mode not in ("min", "max"):
-            raise UserError(f"train.early_stopping.mode={es.mode}: use min or max")
-        if not t.eval_every_epoch and not t.eval_every_steps:
-            raise UserError("no validation scheduled: set train.eval_every_epoch=true or train.eval_every_steps=N")
-        # Checked here, not where they are used: that is after data preparation and model loading.
-        for key in ("log_every_steps", "eval_every_steps", "save_every_steps"):
-            if t[key] is not None and t[key] < 1:
-                raise UserError(f"train.{key}={t[key]}: must be >= 1" + ("" if key == "log_every_steps" else " (or null)"))
-        if t.max_grad_norm is not None and t.max_grad_norm <= 0:
-            raise UserError(f"train.max_grad_norm={t.max_grad_norm}: must be > 0 (or null: no clipping)")
-        if es.patience < 0 or es.min_delta < 0:
-            raise UserError(f"train.early_stopping.patience={es.patience}, min_delta={es.min_delta}: both must be >= 0")
-        from lmreason.training.optim import check_optimization_config
-
-        check_optimization_config(self.cfg.optimizer, self.cfg.scheduler, self.cfg.regularization)
-        if self.cfg.task.name == "gen" and self.cfg.model.arch != "decoder":
-            raise UserError(f"task=gen needs a decoder model; model.arch={self.cfg.model.arch} (use model=gpt or model=tiny-gpt)")
-        if self.cfg.model.lora.enabled and self.cfg.task.name != "gen":
-            raise UserError("model.lora.enabled=true is supported with task=gen; turn it off for task=cls")
-        if self.cfg.data.source == "reasoning" and self.cfg.data.ood_config is None and "ood" in self.cfg.data.sizes:
-            pass  # no ood split is generated: nothing to check here, evaluate reports without a gap
-
+    # The config's own checks are lmreason.validation.validate_finetune, run by `finetune.run` first;
+    # the two below need the task and the model's config.
     def _check_monitor(self) -> None:
         """A monitor the task never reports would otherwise fail at the first validation, an epoch in."""
         names = getattr(self.task, "validation_metrics", None)  # tasks whose metrics are fixed declare them
