@@ -39,8 +39,6 @@ def run(cfg: DictConfig) -> dict:
     """Evaluate a run or checkpoint on `cfg.split` (and the OOD split); returns {split: metrics}."""
     validate("evaluate", cfg)
     if cfg.sweep:
-        if cfg.run or cfg.checkpoint:
-            raise UserError("give sweep= (a multirun dir) or run=/checkpoint= (one model), not both")
         from lmreason.evaluation.sweep import sweep_report
 
         return sweep_report(cfg.sweep)

@@ -42,19 +42,13 @@ def task_settings(task_cfg):
 
 
 def format_prompts(tokenizer, prompts: list[str], settings) -> tuple[list[str], bool]:
-    """(model input texts, whether the tokenizer should add its special tokens).
-
-    Raises:
-        UserError: a plain prompt_template without `{prompt}`.
-    """
+    """(model input texts, whether the tokenizer should add its special tokens)."""
     if settings.use_chat_template and getattr(tokenizer, "chat_template", None):
         system = [{"role": "system", "content": settings.system_prompt}] if settings.system_prompt else []
         texts = [tokenizer.apply_chat_template(system + [{"role": "user", "content": p}], add_generation_prompt=True,
                                                tokenize=False) for p in prompts]
         return texts, False  # the template writes its own special tokens
-    template = settings.prompt_template
-    if "{prompt}" not in template:
-        raise UserError(f"task.prompt_template={template!r} has no {{prompt}} placeholder; add one, e.g. 'Question: {{prompt}}\\nAnswer: '")
+    template = settings.prompt_template  # has a {prompt} placeholder (lmreason.validation)
     head = f"{settings.system_prompt}\n\n" if settings.system_prompt else ""
     return [head + template.replace("{prompt}", p) for p in prompts], True
 
@@ -127,12 +121,7 @@ class GenerationTask:
     def _wrap_lora(model, model_cfg):
         from peft import LoraConfig, get_peft_model
 
-        lora = model_cfg.lora
-        if model_cfg.from_scratch and not lora.save_merged:
-            raise UserError("model.lora.save_merged=false with model.from_scratch=true: an adapter alone cannot rebuild "
-                            "a random-init base; save merged weights or start from pretrained weights")
-        if lora.rank < 1:
-            raise UserError(f"model.lora.rank={lora.rank}: must be >= 1")
+        lora = model_cfg.lora  # its values were checked by lmreason.validation
         config = LoraConfig(r=int(lora.rank), lora_alpha=int(lora.alpha), lora_dropout=float(lora.dropout),
                             target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
         try:

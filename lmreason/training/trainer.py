@@ -177,7 +177,7 @@ class FinetuneRecipe:
         from lmreason.training.device import autocast
         from lmreason.training.progress import TrainingProgress
 
-        cfg, t = self.cfg, self.cfg.train
+        t = self.cfg.train
         self.history = getattr(self, "history", [])
         self._install_signal_handlers()
         self.model_for_training.train()
