@@ -75,7 +75,7 @@ def share_group_listing() -> None:
 
 # --------------------------------------------------------------------------- free text (infer)
 def hydra_quoted(text: str) -> str:
-    """`text` as a single-quoted Hydra override value that composes back to exactly `text`.
+    r"""`text` as a single-quoted Hydra override value that composes back to exactly `text`.
 
     Hydra's override grammar (hydra/grammar/OverrideLexer.g4, QUOTED_VALUE): inside '...' a quote is \' and
     only backslashes right before a quote or the closing quote are escapes (so they are doubled); everything
@@ -195,12 +195,14 @@ def key_comment(command: str, key: str, choices: dict | None = None) -> str:
 
 
 # --------------------------------------------------------------------------- help
-def command_help(command: str, choices: dict | None = None, overrides: list[str] | None = None) -> str:
-    """The middle of `lmreason <command> --help` (conf/hydra/help/<command>.yaml puts the examples above it):
-    the groups the command takes with their options (the default first), then its keys with their YAML
-    comments; a group picked on the help line (`--help data=local`) also shows that option's keys."""
-    lines = ["== Configuration groups == (group=option; the first is the default)"]
+def command_help(command: str, choices: dict | None = None, overrides: list[str] | None = None, examples: str = "") -> str:
+    """`lmreason <command> --help`: what the command does, the examples of conf/hydra/help/<command>.yaml, the
+    groups the command takes with their options (the default first), then its keys with their YAML comments;
+    a group picked on the help line (`--help data=local`) also shows that option's keys."""
+    lines = [f"lmreason {command}: {COMMANDS[command]}", "", *examples.rstrip().splitlines(), "",
+             "== Configuration groups == (group=option; the first is the default)"]
     picked = {}
+    taken = [group for group, _, _ in _defaults_list(command)]
     for group, default, comment in _defaults_list(command):
         options = [o for o in group_options(group) if o != default]
         lines.append(f"{group}: {', '.join([default, *options])}" + (f"   ({comment})" if comment else ""))
@@ -214,6 +216,9 @@ def command_help(command: str, choices: dict | None = None, overrides: list[str]
         bases = re.findall(r"^\s+-\s+([\w-]+)\s*$", path.read_text().split("\n_self_")[0], re.M)  # `- bert`: extends it
         title = f"{group}={option}" + "".join(f" (on top of {group}={base})" for base in bases if base != "_self_")
         lines += [f"{group}:  # {title}", *("  " + line if line else line for line in _own_lines(path))]
+    pick = next((f"{g}={o}" for g, o in (("data", "local"), ("model", "gpt"), ("generation", "sample")) if g in taken), "")
+    lines += ["", (f"`lmreason {command} --help {pick}` adds that option's keys; " if pick else "")
+              + "--hydra-help: Hydra's flags (-m, --cfg, --info, ...)."]
     return "\n".join(lines)
 
 
@@ -259,7 +264,12 @@ def config_error_line(command: str, exc: BaseException, overrides: list[str]) ->
     Hydra's own report is several lines ending in HYDRA_FULL_ERROR; this says which key or option is
     wrong and what to give instead (the nearest valid key, the options of the group).
     """
-    from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException, OverrideParseException
+    from hydra.errors import (
+        ConfigCompositionException,
+        HydraException,
+        MissingConfigException,
+        OverrideParseException,
+    )
     from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
     if not isinstance(exc, (HydraException, OmegaConfBaseException)):
@@ -272,20 +282,15 @@ def config_error_line(command: str, exc: BaseException, overrides: list[str]) ->
         return (f"{group}={option}: no such option; {group} takes {', '.join(options)}"
                 + (f" (did you mean {group}={nearest}?)" if nearest else ""))
     if isinstance(exc, OverrideParseException):
-        from hydra.core.override_parser.overrides_parser import OverridesParser
-
-        parser = OverridesParser.create()
-        bad = getattr(exc, "override", None) or next((o for o in overrides if not _parses(parser, o)), None)
-        return (f"cannot read the override {bad!r}: {str(exc).splitlines()[0]}" if bad else f"cannot read the overrides: {str(exc).splitlines()[0]}") + \
-            "; quote a value holding brackets, commas or quotes: key='a, b'"
+        return (f"cannot read the override {getattr(exc, 'override', '')!r} ({str(exc).splitlines()[0]}); "
+                "quote a value holding brackets, commas or quotes: key='a, b'")
     if isinstance(cause, (ConfigKeyError, AttributeError)) and getattr(cause, "full_key", None) and \
             not isinstance(cause, ValidationError) and getattr(cause, "parent_node", None) is not None:
         full_key, parent = cause.full_key, cause.parent_node
         owner = getattr(cause, "object_type", None)
         where = f"a key of {owner.__name__}" if isinstance(owner, type) and owner is not dict else "a key there"
-        root = parent._get_root()
-        nearest = _nearest(full_key, [k for k in _all_keys(root) if not k.startswith("hydra.")] if not full_key.startswith("hydra.")
-                           else ["hydra." + k for k in _all_keys(root.hydra)] if "hydra" in root else [])
+        in_hydra = full_key.startswith("hydra.")  # Hydra's own keys are suggested only for a hydra.* key
+        nearest = _nearest(full_key, [k for k in _all_keys(parent._get_root()) if k.startswith("hydra.") == in_hydra])
         if nearest:
             return f"{full_key} is not {where}; did you mean {nearest}?"
         siblings = [str(k) for k in parent.keys()]
@@ -308,16 +313,6 @@ def config_error_line(command: str, exc: BaseException, overrides: list[str]) ->
     if isinstance(cause, OmegaConfBaseException):
         text += ": " + str(cause).splitlines()[0]
     return text
-
-
-def _parses(parser, override: str) -> bool:
-    from hydra.errors import HydraException
-
-    try:
-        parser.parse_override(override)
-        return True
-    except HydraException:
-        return False
 
 
 def _packaged_name(model_option: str) -> str:

@@ -108,8 +108,8 @@ def in_multirun() -> bool:
 
 
 def register_help_resolver() -> None:
-    """`${lmreason_help:<command>}` in conf/hydra/help/<command>.yaml: the groups and commented keys of `--help`.
-    `$` is doubled: Hydra passes the help template through string.Template."""
+    """`${lmreason_help:<command>}`, the template of conf/hydra/help/<command>.yaml: the text of `--help` around
+    that file's examples (`header`). `$` is doubled: Hydra passes the help template through string.Template."""
     from lmreason.cli import command_help
 
     def render(command: str) -> str:
@@ -118,7 +118,8 @@ def register_help_resolver() -> None:
         hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
         choices = dict(hydra_cfg.runtime.choices) if hydra_cfg is not None else {}
         overrides = list(hydra_cfg.overrides.task) if hydra_cfg is not None else []
-        return command_help(command, choices, overrides).replace("$", "$$")
+        examples = str(hydra_cfg.help.header) if hydra_cfg is not None else ""
+        return command_help(command, choices, overrides, examples).replace("$", "$$")
 
     if not OmegaConf.has_resolver("lmreason_help"):
         OmegaConf.register_new_resolver("lmreason_help", render, use_cache=False)
