@@ -331,19 +331,42 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("optuna_direction", lambda mode: {"max": "maximize", "min": "minimize"}.get(mode, mode))
 
 
+def open_dicts(schema: type) -> Any:
+    """The schema as a config whose free-form dicts (`Dict[str, ...]` fields: data.max_rows, model.config_overrides,
+    ...) take new keys: Hydra puts the whole config in struct mode before applying overrides, which closes every
+    dict, so `data.max_rows={train: 4000}` failed with "Key 'train' is not in struct" where the YAML has `{}`.
+    An explicit struct=False on the dict node outranks the root's flag; keys of the dataclasses stay closed
+    (a misspelt `data.max_rowz` still fails) and values keep their types."""
+    from omegaconf import DictConfig, OmegaConf
+    from omegaconf._utils import is_dict_annotation
+
+    def walk(node: DictConfig) -> None:
+        for key in node.keys():
+            child = node._get_node(key)
+            if isinstance(child, DictConfig):
+                if is_dict_annotation(child._metadata.ref_type):  # a Dict[...] field (also while None)
+                    OmegaConf.set_struct(child, False)
+                elif not child._is_none() and not child._is_missing():  # a nested dataclass
+                    walk(child)
+
+    config = OmegaConf.structured(schema)
+    walk(config)
+    return config
+
+
 def register_schemas() -> None:
     cs = ConfigStore.instance()
-    cs.store(name="prepare_schema", node=PrepareCommandConfig)
-    cs.store(name="finetune_schema", node=FinetuneCommandConfig)
-    cs.store(name="evaluate_schema", node=EvaluateCommandConfig)
-    cs.store(name="infer_schema", node=InferCommandConfig)
+    cs.store(name="prepare_schema", node=open_dicts(PrepareCommandConfig))
+    cs.store(name="finetune_schema", node=open_dicts(FinetuneCommandConfig))
+    cs.store(name="evaluate_schema", node=open_dicts(EvaluateCommandConfig))
+    cs.store(name="infer_schema", node=open_dicts(InferCommandConfig))
     for name, node in {
         "local_schema": LocalDataConfig,
         "reasoning_schema": ReasoningDataConfig,
         "bigbench_schema": BigBenchDataConfig,
         "hub_schema": HubDataConfig,
     }.items():
-        cs.store(group="schema/data", name=name.removesuffix("_schema"), node=node)
+        cs.store(group="schema/data", name=name.removesuffix("_schema"), node=open_dicts(node))
     cs.store(group="schema/task", name="cls", node=ClsTaskConfig)
     cs.store(group="schema/task", name="gen", node=GenTaskConfig)
 

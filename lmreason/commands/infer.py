@@ -13,25 +13,37 @@ from lmreason.validation import validate
 
 
 def read_inputs(cfg: DictConfig) -> tuple[list[str], list[str] | None]:
-    """Texts (and optional pairs) from `text=` or `input=`.
+    """Texts (and optional pairs) from `text=` or `input=`, each exactly as given.
+
+    `text=` is one text or a list (the CLI turns each `text=...` a user types, repeated or not, into a quoted
+    override: commas, quotes, `=`, newlines, `${` are text). `input=-` reads stdin and a .txt file is read
+    as one text per line (split on newlines only; blank lines are skipped).
 
     Raises:
         UserError: neither or both given, an unreadable file, a missing text column, an empty text.
     """
+    import sys
+
     from lmreason.data.files import detect_format, read_table, read_text
 
+    def _lines(content: str) -> list[str]:  # newlines only: str.splitlines also splits on form feeds, U+2028, ...
+        return [line.removesuffix("\r") for line in content.split("\n") if line.strip()]
+
     if (cfg.text is None) == (cfg.input is None):
-        raise UserError('give exactly one of text="..." (or a list: text=\'[a,b]\') or input=<file>')
+        raise UserError('give exactly one of text="..." (repeat text= for several), input=<file> '
+                        "or input=- (stdin, one text per line)")
     if cfg.text is not None:
         texts = list(cfg.text) if isinstance(cfg.text, (list, ListConfig)) else [cfg.text]
         texts = [str(t) for t in texts]
         pairs = None
+    elif str(cfg.input) == "-":
+        texts, pairs = _lines(sys.stdin.read()), None
     else:
         path = Path(cfg.input).expanduser()
         if not path.is_file():
             raise UserError(f"input={cfg.input}: no such file")
         if detect_format(path, allowed=("csv", "tsv", "json", "jsonl", "parquet", "txt")) == "txt":
-            texts, pairs = [line for line in read_text(path).splitlines() if line.strip()], None
+            texts, pairs = _lines(read_text(path)), None
         else:
             frame = read_table(path)
             for column, key in ((cfg.text_column, "text_column"), (cfg.text_pair_column, "text_pair_column")):
