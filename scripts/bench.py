@@ -77,6 +77,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
                    help="same-settings precision (auto: bf16 on CUDA, fp32 on the CPU)")
     p.add_argument("--threads", type=int, default=None, help="torch threads, both sides (default: torch's own)")
+    p.add_argument("--fast-paths", default="on", choices=("on", "off"),
+                   help="lmreason's CPU fast paths (device.fast_paths): off measures the unpatched computation")
     p.add_argument("--reps", type=int, default=3, help="repetitions of each timed training pair (medians are reported)")
     p.add_argument("--eval-reps", type=int, default=5,
                    help="repetitions of each evaluate and infer pair (a few seconds each: more of them steady the median)")
@@ -187,7 +189,7 @@ class Bench:
                 "train_rows": setup["data"]["train_rows"], "val_rows": setup["data"]["val_rows"],
                 "batch_size": a.batch_size, "eval_batch_size": a.eval_batch_size, "infer_batch_size": a.infer_batch_size,
                 "lr": a.lr, "warmup": a.warmup, "schedule": "linear", "epochs": a.epochs, "max_length": a.max_length,
-                "precision_same": setup["precision"], "threads": a.threads, "reps": a.reps, "eval_reps": a.eval_reps, "quick": a.quick}
+                "precision_same": setup["precision"], "threads": a.threads, "fast_paths": a.fast_paths, "reps": a.reps, "eval_reps": a.eval_reps, "quick": a.quick}
 
     def setup(self) -> dict:
         a = self.args
@@ -210,7 +212,7 @@ class Bench:
         a = self.args
         model = ["model=bert", f"model.name_or_path={setup['model']['path']}"]
         return [*model, f"model.max_length={a.max_length}", *setup["data_overrides"], f"train.epochs={a.epochs}",
-                f"train.batch_size={a.batch_size}", f"optimizer.lr={a.lr}"]
+                f"train.batch_size={a.batch_size}", f"optimizer.lr={a.lr}", f"device.fast_paths={a.fast_paths == 'on'}"]
 
     def train(self, setup: dict, comparisons: list[str], reps: int) -> tuple[dict, dict]:
         a = self.args
