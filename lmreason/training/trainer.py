@@ -204,6 +204,9 @@ class FinetuneRecipe:
         self.elapsed_before_resume = state.get("elapsed_s", 0.0)
         self.early_stopping.load_state_dict(state["early_stopping"])
         self.history = list(state.get("history", []))
+        if self.early_stopping.best_loss is None:  # a checkpoint from before the tie-break: its history has the loss
+            best_entry = next((h for h in self.history if h["step"] == self.early_stopping.best_step), {})
+            self.early_stopping.best_loss = best_entry.get("val/loss")
         saved_world = state.get("world_size", len(state["rng"]) if isinstance(state["rng"], list) else 1)
         if saved_world != self.dist.world_size:
             raise UserError(
@@ -391,7 +394,8 @@ class FinetuneRecipe:
         monitor = self.cfg.train.early_stopping.monitor
         if monitor not in metrics:
             raise UserError(f"train.early_stopping.monitor={monitor} is not a validation metric; use one of {', '.join(metrics)}")
-        improved = self.early_stopping.update(metrics[monitor], self.step)
+        # a tie on the monitor goes to the lower val/loss (see early_stopping.py)
+        improved = self.early_stopping.update(metrics[monitor], self.step, metrics.get("val/loss"))
         metrics[f"{monitor}_best"] = self.early_stopping.best
         self.history.append({"step": self.step, "epoch": self.epoch, **metrics})
         if self.writer:
