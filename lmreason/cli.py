@@ -45,6 +45,26 @@ def torchrun_worker_overrides(argv: list[str]) -> list[str]:
     return overrides
 
 
+def resume_overrides(argv: list[str]) -> list[str]:
+    """`finetune resume=<run dir>` logs into that run's own dir, not a second Hydra run dir.
+
+    Hydra's run dir becomes the run dir (so <run>/finetune.log gets the resumed part appended: Hydra's
+    file handler opens it in append mode), and Hydra writes no .hydra/ there (the run's own composed
+    config stays as the run began; the resume uses the config saved with its checkpoint). Only for a
+    dir that holds a run (checkpoints/) and when the user gave no hydra.run.dir / hydra.output_subdir:
+    anything else goes to a fresh dir, which the failure then removes (commands/finetune.py).
+    """
+    if "-m" in argv or "--multirun" in argv or int(os.environ.get("RANK", "0")) > 0:
+        return []
+    values = [arg.split("=", 1)[1] for arg in argv if arg.startswith("resume=")]
+    if not values or not values[-1] or any(arg.startswith(("hydra.run.dir=", "hydra.output_subdir=")) for arg in argv):
+        return []
+    run_dir = os.path.abspath(os.path.expanduser(values[-1]))
+    if not os.path.isdir(os.path.join(run_dir, "checkpoints")):
+        return []
+    return [f"hydra.run.dir={run_dir}", "hydra.output_subdir=null"]
+
+
 def share_group_listing() -> None:
     """Make `<command> --help` answer in ~0.4 s instead of ~2 s (same text).
 
@@ -93,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     if any(arg in ("-h", "--help", "--hydra-help") for arg in argv[1:]):
         share_group_listing()
     # Hydra reads sys.argv itself; argv[0] names the app in its help and logs.
-    sys.argv = [f"lmreason {command}", *argv[1:], *(torchrun_worker_overrides(argv) if command == "finetune" else [])]
+    extra = [*torchrun_worker_overrides(argv), *resume_overrides(argv[1:])] if command == "finetune" else []
+    sys.argv = [f"lmreason {command}", *argv[1:], *extra]
     module.main()
     return 0
 

@@ -27,6 +27,8 @@ from lmreason.training.early_stopping import EarlyStopping
 from lmreason.faults import fault_point
 
 log = logging.getLogger(__name__)
+# `extra=` for records meant for <run>/finetune.log only (Hydra's file handler); the console shows them its own way
+FILE_ONLY = {"file_only": True}
 
 
 class TrainingDiverged(UserError):
@@ -180,6 +182,24 @@ class FinetuneRecipe:
         if self.resume_state is not None:
             self._restore(self.resume_state)
         self.writer = self._tensorboard() if self.dist.is_main else None
+        self._log_summary()
+
+    def _log_summary(self) -> None:
+        """What this run is, in a few lines of <run>/finetune.log (the full config is in .hydra/config.yaml)."""
+        cfg, t = self.cfg, self.cfg.train
+        es = t.early_stopping
+        lines = [
+            f"model: {cfg.model.name_or_path} ({'random init' if cfg.model.from_scratch else 'pretrained'}, max length {cfg.model.max_length})",
+            f"data: {cfg.data.name} ({self.data.summary.get('source')}): {len(self.train_split)} train / {len(self.val_split)} validation",
+            f"task: {cfg.task.name}; early stopping on {es.monitor} ({es.mode}, patience {es.patience})" if es.enabled
+            else f"task: {cfg.task.name}; early stopping off (best by {es.monitor}, {es.mode})",
+            f"optimizer: {cfg.optimizer.name} lr {cfg.optimizer.lr:g}, {cfg.scheduler.name} schedule, weight decay {cfg.regularization.weight_decay:g}",
+            f"batch: {t.batch_size} x {t.grad_accum_steps} accumulation x {self.dist.world_size} process(es)",
+            f"steps: {self.total_steps} ({self.steps_per_epoch} per epoch)" + (f", resuming at {self.step}" if self.step else ""),
+            f"device: {self.device} ({self.precision}); seed {cfg.seed}",
+        ]
+        for line in lines:
+            log.info(line, extra=FILE_ONLY)
 
     def _load_resume_state(self):
         if not self.cfg.resume:
@@ -408,6 +428,7 @@ class FinetuneRecipe:
 
             shown = "  ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float))
             console.print(f"[bold]step {self.step}[/] {shown}" + ("  [green](best)[/]" if improved else ""))
+            log.info("validation at step %d: %s%s", self.step, shown, " (best)" if improved else "", extra=FILE_ONLY)
         self._save("last", metrics)
         if improved:
             self._save_best()
@@ -492,6 +513,9 @@ class FinetuneRecipe:
                                 "Free disk space, then finish with: lmreason finetune resume=" + str(self.run_dir)) from None
             if self.writer and status in ("completed", "early_stopped"):
                 self._log_hparams(results)
+            if status != "running":
+                log.info("status: %s at step %d; best %s = %s at step %s", status, self.step, es.monitor, es.best, es.best_step,
+                         extra=FILE_ONLY)
         return results
 
     def _log_hparams(self, results: dict) -> None:
