@@ -83,7 +83,8 @@ def test_resume_from_another_directory_continues_in_the_run_and_leaves_a_finishe
     assert record["status"] == "completed" and record["steps"] == 10
     log = (run_dir / "finetune.log").read_text()
     assert log.count("model: ") == 2 and "resuming at 2" in log  # both parts, appended
-    assert "status: interrupted at step 2" in log and "status: completed at step 10" in log
+    assert "status: interrupted at step 2" in log and "status: completed at step 10; best val/acc = " in log
+    assert "status: failed" not in log  # the interruption is the trainer's own status
     assert "validation at step 5: val/loss=" in log and "validation at step 10: " in log
 
     from lmreason.cli import resume_overrides  # how the CLI points Hydra at the run: only a run dir, only if not given

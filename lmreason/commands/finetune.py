@@ -89,9 +89,8 @@ def run(cfg: DictConfig) -> dict:
         # a config or data mistake before any training: no stub dir left behind
         removed = not trained and made_here and remove_stub_run_dir(hydra_dir, cfg)
         if not removed and isinstance(exc, Exception):
-            record_failure(recipe.run_dir if recipe else run_dir, cfg, exc)
-            log.info("status: failed (%s)", exc if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}",
-                     extra=FILE_ONLY)
+            if record_failure(recipe.run_dir if recipe else run_dir, cfg, exc):  # not over the trainer's own status
+                log.info("status: failed (%s)", failure_reason(exc), extra=FILE_ONLY)
         raise
     finally:
         if recipe is not None:
@@ -218,13 +217,18 @@ def keep_file_only_records_off_the_console() -> None:
                 handler.addFilter(_SkipFileOnly())
 
 
-def record_failure(run_dir: Path, cfg: DictConfig, exc: Exception) -> None:
+def failure_reason(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+
+
+def record_failure(run_dir: Path, cfg: DictConfig, exc: Exception) -> bool:
     """metrics.json status "failed" with the error, for a run that failed before the trainer wrote a
     final status (bad data, bad option, a bug), so that a sweep report shows why. A run dir of an
-    earlier run is never touched: only a fresh dir, or this process's own "running" record."""
+    earlier run is never touched: only a fresh dir, or this process's own "running" record.
+    Returns whether it wrote the record."""
     path = run_dir / "metrics.json"
     if int(os.environ.get("RANK", "0")) != 0:  # DDP: rank 0 writes
-        return
+        return False
     try:
         monitor = cfg.train.early_stopping.monitor
     except Exception:  # this record must never hide the error itself
@@ -234,18 +238,19 @@ def record_failure(run_dir: Path, cfg: DictConfig, exc: Exception) -> None:
         try:
             record = json.loads(path.read_text())
         except (OSError, ValueError):
-            return
+            return False
         if record.get("status") != "running" or record.get("process", {}).get("pid") != os.getpid():
-            return  # the trainer's own final status (diverged, interrupted) or another run's file
+            return False  # the trainer's own final status (diverged, interrupted) or another run's file
     elif (run_dir / "checkpoints").exists():
-        return
-    record.update(status="failed", error=str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}")
+        return False
+    record.update(status="failed", error=failure_reason(exc))
     tmp = run_dir / "metrics.json.tmp"
     try:
         tmp.write_text(json.dumps(record, indent=2, default=float))
         os.replace(tmp, path)
     except OSError:
-        pass  # e.g. a read-only dir: the error itself is what the user must see
+        return False  # e.g. a read-only dir: the error itself is what the user must see
+    return True
 
 
 def objective(results: dict) -> float | None:

@@ -514,8 +514,8 @@ class FinetuneRecipe:
             if self.writer and status in ("completed", "early_stopped"):
                 self._log_hparams(results)
             if status != "running":
-                log.info("status: %s at step %d; best %s = %s at step %s", status, self.step, es.monitor, es.best, es.best_step,
-                         extra=FILE_ONLY)
+                best = f"; best {es.monitor} = {es.best:.4f} at step {es.best_step}" if es.best is not None else ""
+                log.info("status: %s at step %d%s", status, self.step, best, extra=FILE_ONLY)
         return results
 
     def _log_hparams(self, results: dict) -> None:
