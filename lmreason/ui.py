@@ -50,7 +50,7 @@ def render_banner(recipe, out: Console = console) -> None:
         "steps": f"{recipe.total_steps:,} ({recipe.steps_per_epoch:,} per epoch)" + (f", resuming at {recipe.step:,}" if recipe.step else ""),
         "parameters": f"{counts['trainable']:,} trainable, {counts['frozen']:,} frozen",
         "optimizer": f"{cfg.optimizer.name} lr {cfg.optimizer.lr:g}, {cfg.scheduler.name} schedule, weight decay {cfg.regularization.weight_decay:g}",
-        "device": f"{recipe.device} ({recipe.precision}, {__import__('torch').get_num_threads()} threads)",
+        "device": f"{recipe.device} ({recipe.precision}, {_threads()})",
         "fast paths": recipe.fast_paths.describe(),
         "early stopping": (f"{t.early_stopping.monitor} ({t.early_stopping.mode}), patience {t.early_stopping.patience}"
                            if t.early_stopping.enabled else "off"),
@@ -58,3 +58,10 @@ def render_banner(recipe, out: Console = console) -> None:
     for key, value in rows.items():
         table.add_row(key, value)
     out.print(table)
+
+
+def _threads() -> str:
+    from lmreason.training import device
+
+    choice = device.last_thread_choice
+    return choice.describe() if choice is not None else f"{__import__('torch').get_num_threads()} threads"

@@ -262,9 +262,12 @@ def test_nonfinite_skip_skips_the_step_counts_it_and_finishes(tmp_path, cache_di
 # --------------------------------------------------------------------------- 6. hostile files
 @pytest.fixture
 def run_copy(tmp_path, finished_run) -> Path:
-    """A finished run dir of our own to tamper with (the session's stays clean)."""
+    """A finished run dir of our own to tamper with (the session's stays clean), marked interrupted: a resume
+    of a completed run loads nothing (it says it is complete), and these tests are about what a resume loads."""
     copy = tmp_path / "run"
     shutil.copytree(finished_run, copy)
+    record = read_json(copy / "metrics.json")
+    (copy / "metrics.json").write_text(json.dumps({**record, "status": "interrupted"}))
     return copy
 
 

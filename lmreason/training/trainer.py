@@ -29,6 +29,8 @@ from lmreason.seeding import seed_everything
 from lmreason.tasks.base import ValidationContext
 
 log = logging.getLogger(__name__)
+# `extra=` for records meant for <run>/finetune.log only (Hydra's file handler); the console shows them its own way
+FILE_ONLY = {"file_only": True}
 
 
 class TrainingDiverged(UserError):
@@ -133,6 +135,24 @@ class FinetuneRecipe:
         if self.resume_state is not None:
             self._restore(self.resume_state)
         self.writer = self._tensorboard() if self.dist.is_main else None
+        self._log_summary()
+
+    def _log_summary(self) -> None:
+        """What this run is, in a few lines of <run>/finetune.log (the full config is in .hydra/config.yaml)."""
+        cfg, t = self.cfg, self.cfg.train
+        es = t.early_stopping
+        lines = [
+            f"model: {cfg.model.name_or_path} ({'random init' if cfg.model.from_scratch else 'pretrained'}, max length {cfg.model.max_length})",
+            f"data: {cfg.data.name} ({self.data.summary.get('source')}): {len(self.train_split)} train / {len(self.val_split)} validation",
+            f"task: {cfg.task.name}; early stopping on {es.monitor} ({es.mode}, patience {es.patience})" if es.enabled
+            else f"task: {cfg.task.name}; early stopping off (best by {es.monitor}, {es.mode})",
+            f"optimizer: {cfg.optimizer.name} lr {cfg.optimizer.lr:g}, {cfg.scheduler.name} schedule, weight decay {cfg.regularization.weight_decay:g}",
+            f"batch: {t.batch_size} x {t.grad_accum_steps} accumulation x {self.dist.world_size} process(es)",
+            f"steps: {self.total_steps} ({self.steps_per_epoch} per epoch)" + (f", resuming at {self.step}" if self.step else ""),
+            f"device: {self.device} ({self.precision}); seed {cfg.seed}",
+        ]
+        for line in lines:
+            log.info(line, extra=FILE_ONLY)
 
     def _load_resume_state(self):
         if not self.cfg.resume:
@@ -157,6 +177,9 @@ class FinetuneRecipe:
         self.elapsed_before_resume = state.get("elapsed_s", 0.0)
         self.early_stopping.load_state_dict(state["early_stopping"])
         self.history = list(state.get("history", []))
+        if self.early_stopping.best_loss is None:  # a checkpoint from before the tie-break: its history has the loss
+            best_entry = next((h for h in self.history if h["step"] == self.early_stopping.best_step), {})
+            self.early_stopping.best_loss = best_entry.get("val/loss")
         saved_world = state.get("world_size", len(state["rng"]) if isinstance(state["rng"], list) else 1)
         if saved_world != self.dist.world_size:
             raise UserError(
@@ -354,7 +377,8 @@ class FinetuneRecipe:
         monitor = self.cfg.train.early_stopping.monitor
         if monitor not in metrics:
             raise UserError(f"train.early_stopping.monitor={monitor} is not a validation metric; use one of {', '.join(metrics)}")
-        improved = self.early_stopping.update(metrics[monitor], self.step)
+        # a tie on the monitor goes to the lower val/loss (see early_stopping.py)
+        improved = self.early_stopping.update(metrics[monitor], self.step, metrics.get("val/loss"))
         metrics[f"{monitor}_best"] = self.early_stopping.best
         self.history.append({"step": self.step, "epoch": self.epoch, **metrics})
         if self.writer:
@@ -367,6 +391,7 @@ class FinetuneRecipe:
 
             shown = "  ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float))
             console.print(f"[bold]step {self.step}[/] {shown}" + ("  [green](best)[/]" if improved else ""))
+            log.info("validation at step %d: %s%s", self.step, shown, " (best)" if improved else "", extra=FILE_ONLY)
         self._save("last", metrics)
         if improved:
             self._save_best()
@@ -453,6 +478,9 @@ class FinetuneRecipe:
                                 "Free disk space, then finish with: lmreason finetune resume=" + str(self.run_dir)) from None
             if self.writer and status in ("completed", "early_stopped"):
                 self._log_hparams(results)
+            if status != "running":
+                best = f"; best {es.monitor} = {es.best:.4f} at step {es.best_step}" if es.best is not None else ""
+                log.info("status: %s at step %d%s", status, self.step, best, extra=FILE_ONLY)
         return results
 
     def _majority_baseline(self, split: str) -> float | None:
