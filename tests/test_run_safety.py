@@ -69,7 +69,7 @@ def test_resume_from_another_directory_continues_in_the_run_and_leaves_a_finishe
     elsewhere.mkdir()
     args = [*TINY_TRAIN, "data=local", "data.path=data.csv", "train.epochs=2", "hydra.run.dir=runs/first"]
     stopped = run_cli("finetune", *args, cache_dir=cache_dir, cwd=work, check=False,
-                      env_extra={"LMREASON_STOP_AFTER_STEPS": "2"})
+                      env_extra={"LMREASON_FAULT_AT": "train_step:2:STOP"})
     run_dir = (work / "runs" / "first").resolve()
     assert stopped.returncode == 1 and f"resume={run_dir}" in stopped.stderr, stopped.stderr
     saved = OmegaConf.load(run_dir / "checkpoints" / "last" / "config.yaml")
