@@ -11,6 +11,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lmreason.commands.entry import hydra_command
+from lmreason.atomic import atomic_write_json
 from lmreason.errors import UserError
 from lmreason.validation import validate
 
@@ -246,10 +247,8 @@ def record_failure(run_dir: Path, cfg: DictConfig, exc: Exception) -> bool:
     elif (run_dir / "checkpoints").exists():
         return False
     record.update(status="failed", error=failure_reason(exc))
-    tmp = run_dir / "metrics.json.tmp"
     try:
-        tmp.write_text(json.dumps(record, indent=2, default=float))
-        os.replace(tmp, path)
+        atomic_write_json(path, record)
     except OSError:
         return False  # e.g. a read-only dir: the error itself is what the user must see
     return True

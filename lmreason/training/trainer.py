@@ -8,7 +8,6 @@ checkpoints, resume, TensorBoard and the progress bar.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -19,6 +18,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from lmreason.atomic import atomic_write_json
 from lmreason.errors import UserError
 from lmreason.training import checkpoint as ckpt
 from lmreason.training.batching import TokenizedSplit, length_grouped_batches, sorted_batches, to_device
@@ -469,10 +469,8 @@ class FinetuneRecipe:
             "process": {"host": socket.gethostname(), "pid": os.getpid(), "updated_at": time.time()},
         }
         if self.dist.is_main:
-            tmp = self.run_dir / "metrics.json.tmp"
             try:
-                tmp.write_text(json.dumps(results, indent=2, default=float))
-                os.replace(tmp, self.run_dir / "metrics.json")
+                atomic_write_json(self.run_dir / "metrics.json", results)
             except OSError as exc:
                 raise UserError(f"cannot write {self.run_dir / 'metrics.json'} ({exc.strerror or exc}); the checkpoints are kept. "
                                 "Free disk space, then finish with: lmreason finetune resume=" + str(self.run_dir)) from None
