@@ -30,15 +30,30 @@ def cases():
                 yield command, group, option
 
 
+def own_values(group: str, option: str) -> dict:
+    """The keys an option's YAML sets itself (its `defaults:` end with `_self_`: these win over what it extends)."""
+    values = OmegaConf.to_container(OmegaConf.load(CONF / group / f"{option}.yaml"), resolve=False)
+    values.pop("defaults", None)
+    return values
+
+
 @pytest.mark.parametrize("command,group,option", list(cases()))
 def test_every_option_composes(command, group, option):
-    overrides = [f"{group}={option}", *(REQUIRED.get(option, []) if group == "data" else [])]
+    required = REQUIRED.get(option, []) if group == "data" else []
+    overrides = [f"{group}={option}", *required]
     if group == "task" and option == "gen" and command in ("prepare", "finetune"):
         overrides += ["model=tiny-gpt"] if (CONF / "model" / "tiny-gpt.yaml").exists() else []
     with initialize_config_dir(config_dir=str(CONF), version_base=None):
         cfg = compose(config_name=command, overrides=overrides + ["output_dir=/tmp/x", "cache_dir=/tmp/c"])
     container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     assert container[group] is not None
+    # The option was applied: every value its file sets is the composed value (a required ??? one: the override's).
+    composed = OmegaConf.to_container(cfg[group], resolve=False, enum_to_str=True)
+    given = {o.split("=", 1)[0].split(".", 1)[1]: o.split("=", 1)[1] for o in required}
+    for key, value in own_values(group, option).items():
+        expected = given[key] if value == "???" else value
+        assert composed[key] == expected, f"{command}: {group}={option} sets {key}={expected!r}, composed {composed[key]!r}"
+    assert (container["output_dir"], container["cache_dir"]) == ("/tmp/x", "/tmp/c")
 
 
 def test_regularization_options_combine():
