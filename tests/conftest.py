@@ -1,10 +1,22 @@
-"""Shared fixtures: the CLI as a user types it (a subprocess), small data files, one tiny finished run."""
+"""Shared fixtures and helpers.
+
+Tests compose each command's real config and call its `run(cfg)` in this process
+(lightning-hydra-template's style): `compose_command`, `run_command`, `finetune_in_process`.
+Bad input is then a `pytest.raises(UserError, match=...)`. A few tests still start the CLI as a
+user types it (`run_cli`, a subprocess): one per command for the exit-code / one-line-error /
+no-traceback contract, the Hydra callbacks (run dir guard), multiruns (`-m`) and kills.
+
+Trained runs that tests only read are session fixtures (`finished_run`, `dropout_run`): one tiny
+training each for the whole session.
+"""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,11 +26,17 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
+# What the CLI subprocesses always ran with: offline (nothing may reach the hub) and no tokenizers
+# fork warnings. Set when pytest loads this file, before any test module imports huggingface_hub or
+# datasets (both read the offline flags once, at import).
+IN_PROCESS_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+os.environ.update(IN_PROCESS_ENV)
 
+
+# --------------------------------------------------------------------------- the CLI in a subprocess
 def cli_env(cache_dir: Path) -> dict:
     env = dict(os.environ)
-    env.update({"LMREASON_CACHE_DIR": str(cache_dir), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-                "TOKENIZERS_PARALLELISM": "false", "PYTHONHASHSEED": "0"})
+    env.update({"LMREASON_CACHE_DIR": str(cache_dir), **IN_PROCESS_ENV, "PYTHONHASHSEED": "0"})
     return env
 
 
@@ -33,6 +51,78 @@ def run_cli(*args: str, cache_dir: Path, cwd: Path, check: bool = True, timeout:
     return proc
 
 
+def assert_one_line_error(proc: subprocess.CompletedProcess, expected: str) -> None:
+    """The CLI's contract for bad input: exit status 1, one line on stderr naming the problem, no traceback."""
+    assert proc.returncode == 1, (proc.returncode, proc.stderr[-3000:])
+    assert expected in proc.stderr, proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr, proc.stderr
+
+
+# --------------------------------------------------------------------------- commands in-process
+def compose_command(command: str, overrides: list[str], output_dir: Path, cache_dir: Path):
+    """A command's config as the CLI composes it. Compose makes no Hydra run dir, so the run's directory
+    (`output_dir`, `${hydra:runtime.output_dir}` in conf/paths.yaml) and the cache are given."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from lmreason.config import config_dir
+
+    GlobalHydra.instance().clear()  # a compose left initialized (by a failed test) must not leak into this one
+    with initialize_config_dir(config_dir=config_dir(), version_base=None):
+        return compose(config_name=command, overrides=[*overrides, f"output_dir={output_dir}", f"cache_dir={cache_dir}"])
+
+
+def run_command(command: str, *overrides: str, output_dir: Path, cache_dir: Path):
+    """`lmreason <command> <overrides>` in this process: compose the real config, call the command's `run(cfg)`.
+
+    Returns what `run` returns; a UserError propagates (the CLI would print it as one line, exit 1).
+    The process-wide state a run changes (finetune's SIGINT/SIGTERM handlers, `device.threads`) is put back;
+    the fault points count from zero, as in a new process.
+    """
+    import torch
+
+    from lmreason import faults
+
+    module = importlib.import_module(f"lmreason.commands.{command}")
+    cfg = compose_command(command, list(overrides), output_dir, cache_dir)
+    # LMREASON_FAULT_AT counts "the n-th time this process reaches a point": each CLI run was a new process.
+    faults.reset_counts()
+    handlers, threads = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)), torch.get_num_threads()
+    try:
+        return module.run(cfg)
+    finally:
+        signal.signal(signal.SIGINT, handlers[0])
+        signal.signal(signal.SIGTERM, handlers[1])
+        torch.set_num_threads(threads)
+
+
+TINY_TRAIN = ["model=tiny-bert", "optimizer.lr=3e-3", "scheduler.warmup_steps=0", "device=cpu", "device.precision=fp32",
+              "train.batch_size=16", "train.log_every_steps=2"]
+
+
+def finetune_in_process(output_dir: Path, cache_dir: Path, *overrides: str):
+    """`lmreason finetune` on tiny-bert (TINY_TRAIN, then `overrides`) in this process, writing into `output_dir`."""
+    return run_command("finetune", *TINY_TRAIN, *overrides, output_dir=output_dir, cache_dir=cache_dir)
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("lmreason-cache")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def in_process_env(cache_dir):
+    """The environment `hydra_command`'s `main` and the CLI subprocesses set, for in-process runs."""
+    from lmreason.commands.entry import quiet_libraries
+
+    patch = pytest.MonkeyPatch()
+    patch.setenv("LMREASON_CACHE_DIR", str(cache_dir))  # where a packaged model is converted when no cache_dir is given
+    quiet_libraries()
+    yield
+    patch.undo()
+
+
+# --------------------------------------------------------------------------- data files
 def write_sentiment_csv(path: Path, n: int = 240, seed: int = 0) -> Path:
     """A learnable two-class set: the adjective decides the label; `topic` is metadata to slice by."""
     rng = random.Random(seed)
@@ -62,26 +152,34 @@ def write_split_dir(root: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("lmreason-cache")
-
-
-@pytest.fixture(scope="session")
 def split_dir(tmp_path_factory) -> Path:
     return write_split_dir(tmp_path_factory.mktemp("data") / "sentiment")
 
 
-TINY_TRAIN = ["model=tiny-bert", "optimizer.lr=3e-3", "scheduler.warmup_steps=0", "device=cpu", "device.precision=fp32",
-              "train.batch_size=16", "train.log_every_steps=2"]
-
-
+# --------------------------------------------------------------------------- shared trained runs (read only)
 @pytest.fixture(scope="session")
 def finished_run(tmp_path_factory, cache_dir, split_dir) -> Path:
     """A tiny finetune run on the split dir (with an OOD split and a `topic` metadata column)."""
-    work = tmp_path_factory.mktemp("run")
-    run_dir = work / "run"
-    run_cli("finetune", *TINY_TRAIN, "data=local", f"data.path={split_dir}", "data.metadata_columns=[topic]",
-            "train.epochs=4", f"hydra.run.dir={run_dir}", cache_dir=cache_dir, cwd=work)
+    run_dir = tmp_path_factory.mktemp("run") / "run"
+    finetune_in_process(run_dir, cache_dir, "data=local", f"data.path={split_dir}", "data.metadata_columns=[topic]",
+                        "train.epochs=4")
+    return run_dir
+
+
+DROPOUT_RUN = ["data=local", "train.epochs=3", "train.early_stopping.enabled=false", "regularization=dropout"]
+
+
+@pytest.fixture(scope="session")
+def dropout_data(tmp_path_factory) -> Path:
+    return write_sentiment_csv(tmp_path_factory.mktemp("dropout-data") / "data.csv", 160, seed=12)
+
+
+@pytest.fixture(scope="session")
+def dropout_run(tmp_path_factory, cache_dir, dropout_data) -> Path:
+    """An uninterrupted run with dropout on (random masks: what seeding and resume must reproduce):
+    128 train rows / 16 = 8 steps per epoch, 3 epochs, no early stopping. Tests compare their own runs to it."""
+    run_dir = tmp_path_factory.mktemp("dropout-run") / "run"
+    finetune_in_process(run_dir, cache_dir, *DROPOUT_RUN, f"data.path={dropout_data}")
     return run_dir
 
 

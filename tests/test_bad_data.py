@@ -4,7 +4,7 @@ one clear UserError line naming the file, and never another exception.
 A case is a table (texts, labels of mixed types) written in one format with one defect (or none).
 The defect decides the expected outcome: the exact rows back, or a UserError. The in-process test
 drives `read_table` + `normalize_split` (what `prepare` runs on every file) for hundreds of cases;
-a few CLI runs check the same files end as one line on stderr with exit status 1.
+a few `prepare` runs (in-process) check the same files end the command with that one line.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
-from conftest import run_cli
+from conftest import run_command
 from lmreason.data.examples import label_to_string, normalize_split
 from lmreason.data.files import read_table
 from lmreason.errors import UserError
@@ -261,8 +261,9 @@ def test_generated_files_give_the_right_rows_or_one_clear_line(defect):
 def test_malformed_files_end_prepare_with_one_line(tmp_path, cache_dir, name, content, expected):
     path = tmp_path / name
     path.write_bytes(content)
-    proc = run_cli("prepare", "model=tiny-bert", "data=local", f"data.path={path}", f"hydra.run.dir={tmp_path / 'out'}",
-                   cache_dir=cache_dir, cwd=tmp_path, check=False)
-    assert proc.returncode == 1
-    assert expected in proc.stderr and str(path) in proc.stderr
-    assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
+    with pytest.raises(UserError) as exc:
+        run_command("prepare", "model=tiny-bert", "data=local", f"data.path={path}", output_dir=tmp_path / "out",
+                    cache_dir=cache_dir)
+    message = str(exc.value)
+    assert expected in message and str(path) in message
+    assert "\n" not in message

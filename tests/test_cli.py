@@ -1,11 +1,16 @@
-"""The command line as a user types it: help, dispatch, Hydra flags, config errors."""
+"""The command line as a user types it: help, dispatch, Hydra flags, config errors.
+
+Help, `--cfg job` and `-m` are Hydra's own handling of argv: subprocesses. Dispatch and compose-time
+errors run in-process."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 
-from conftest import REPO, run_cli, write_sentiment_csv
+import pytest
+
+from conftest import REPO, compose_command, run_cli, write_sentiment_csv
 
 
 def lmreason(*args, cwd=REPO):
@@ -23,11 +28,13 @@ def test_help_lists_every_command_without_importing_torch():
     assert lmreason().stdout == lmreason("--help").stdout
 
 
-def test_unknown_command_is_a_one_line_usage_error():
-    proc = lmreason("train")
-    assert proc.returncode == 2
-    assert proc.stderr.strip().count("\n") == 0
-    assert "unknown command 'train'" in proc.stderr and "usage: lmreason" in proc.stderr
+def test_unknown_command_is_a_one_line_usage_error(capsys):
+    from lmreason.cli import main
+
+    assert main(["train"]) == 2  # `python -m lmreason` exits with main's status
+    stderr = capsys.readouterr().err
+    assert stderr.strip().count("\n") == 0
+    assert "unknown command 'train'" in stderr and "usage: lmreason" in stderr
 
 
 def test_command_help_shows_its_config_groups():
@@ -51,15 +58,21 @@ def test_misspelt_key_fails_at_compose_time_naming_it():
     assert "lrr" in proc.stderr and "OptimizerConfig" in proc.stderr
 
 
-def test_wrong_type_fails_at_compose_time_naming_the_key():
-    proc = lmreason("finetune", "--cfg", "job", "train.batch_size=big")
-    assert proc.returncode != 0
-    assert "train.batch_size" in proc.stderr
+def compose_error(command: str, *overrides: str, tmp_path) -> str:
+    """The message (with its cause, as Hydra prints them) of a composition that must fail."""
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException) as exc:
+        compose_command(command, list(overrides), tmp_path / "out", tmp_path / "cache")
+    return f"{exc.value}\n{exc.value.__cause__}"
 
 
-def test_data_source_keys_are_validated_per_source():
-    proc = lmreason("prepare", "--cfg", "job", "data=local", "data.task=chain_sum")
-    assert proc.returncode != 0 and "LocalDataConfig" in proc.stderr
+def test_wrong_type_fails_at_compose_time_naming_the_key(tmp_path):
+    assert "train.batch_size" in compose_error("finetune", "train.batch_size=big", tmp_path=tmp_path)
+
+
+def test_data_source_keys_are_validated_per_source(tmp_path):
+    assert "LocalDataConfig" in compose_error("prepare", "data=local", "data.task=chain_sum", tmp_path=tmp_path)
 
 
 def test_multirun_flag_runs_one_job_per_value(tmp_path, cache_dir):

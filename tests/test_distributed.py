@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cli_env, read_json, run_cli, write_sentiment_csv
+from conftest import cli_env, read_json, run_command, write_sentiment_csv
+from lmreason.errors import UserError
 
 pytestmark = pytest.mark.slow
 
@@ -39,10 +40,10 @@ def data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def single_process_run(tmp_path_factory, cache_dir, data) -> Path:
     """The reference: one process, batches of GLOBAL_BATCH."""
-    work = tmp_path_factory.mktemp("single")
-    run_cli("finetune", *COMMON, f"data.path={data}", f"train.batch_size={GLOBAL_BATCH}", f"hydra.run.dir={work / 'run'}",
-            cache_dir=cache_dir, cwd=work)
-    return work / "run"
+    run_dir = tmp_path_factory.mktemp("single") / "run"
+    run_command("finetune", *COMMON, f"data.path={data}", f"train.batch_size={GLOBAL_BATCH}", output_dir=run_dir,
+                cache_dir=cache_dir)
+    return run_dir
 
 
 def assert_same_training(run_dir: Path, reference: Path) -> None:
@@ -87,8 +88,9 @@ def test_ddp_resume_continues_the_same_curve(tmp_path, cache_dir, data, single_p
     assert read_json(run_dir / "metrics.json")["status"] == "interrupted"
 
     # A resume with another number of processes would change the global batch: refused, nothing touched.
-    proc = run_cli("finetune", f"resume={run_dir}", cache_dir=cache_dir, cwd=tmp_path, check=False)
-    assert proc.returncode == 1 and "was trained with 2 process(es)" in proc.stderr and "Traceback" not in proc.stderr
+    with pytest.raises(UserError, match=r"was trained with 2 process\(es\)") as exc:
+        run_command("finetune", f"resume={run_dir}", output_dir=tmp_path / "unused", cache_dir=cache_dir)
+    assert "\n" not in str(exc.value)
     assert read_json(run_dir / "metrics.json")["status"] == "interrupted"
 
     torchrun("finetune", f"resume={run_dir}", cache_dir=cache_dir, cwd=tmp_path)

@@ -7,14 +7,13 @@ read once per test session from the packaged GGUF's metadata: no weights are de-
 from __future__ import annotations
 
 import json
-import sys
 
 import pandas as pd
 import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import REPO, read_json, run_cli
+from conftest import REPO, read_json, run_command
 
 TINY_SHAPE = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
               "head_dim": 16, "intermediate_size": 128}
@@ -117,12 +116,15 @@ def test_left_padded_batches_generate_as_one_at_a_time(tiny_dir, tokenizer):
     assert batched == single and all(batched)
 
 
+def gen_finetune(run_dir, cache_dir, *overrides):
+    """`lmreason finetune` with GEN_TRAIN, in-process."""
+    return run_command("finetune", *GEN_TRAIN, *overrides, output_dir=run_dir, cache_dir=cache_dir)
+
+
 @pytest.fixture(scope="module")
 def gen_run(tmp_path_factory, cache_dir, tiny_dir):
-    work = tmp_path_factory.mktemp("gen")
-    run_dir = work / "run"
-    run_cli("finetune", *GEN_TRAIN, "train.epochs=3", "task.generate_every_evals=2", "task.generate_samples=8",
-            f"hydra.run.dir={run_dir}", cache_dir=cache_dir, cwd=work)
+    run_dir = tmp_path_factory.mktemp("gen") / "run"
+    gen_finetune(run_dir, cache_dir, "train.epochs=3", "task.generate_every_evals=2", "task.generate_samples=8")
     return run_dir
 
 
@@ -136,8 +138,9 @@ def test_finetune_gen_learns_and_samples_answers(gen_run):
     assert {"model.safetensors", "config.json", "tokenizer.json"} <= {p.name for p in (gen_run / "checkpoints" / "best").iterdir()}
 
 
-def test_evaluate_gen_writes_generations_slices_and_the_gap(tmp_path, cache_dir, gen_run):
-    out = run_cli("evaluate", f"run={gen_run}", "device=cpu", cache_dir=cache_dir, cwd=tmp_path).stdout
+def test_evaluate_gen_writes_generations_slices_and_the_gap(tmp_path, cache_dir, gen_run, capsys):
+    run_command("evaluate", f"run={gen_run}", "device=cpu", output_dir=tmp_path / "out", cache_dir=cache_dir)
+    out = capsys.readouterr().out
     test = read_json(gen_run / "eval" / "test" / "metrics.json")
     assert test["n"] == 16 and test["scorer"] == "reasoning-gym"
     for key in ("exact_match", "score", "loss", "perplexity", "unfinished"):
@@ -154,16 +157,19 @@ def test_evaluate_gen_writes_generations_slices_and_the_gap(tmp_path, cache_dir,
     assert "perplexity" in gap and "OOD" in out
 
 
-def test_infer_gen_streams_one_prompt_and_batches_a_file(tmp_path, cache_dir, gen_run):
+def test_infer_gen_streams_one_prompt_and_batches_a_file(tmp_path, cache_dir, gen_run, capsys):
     output = tmp_path / "answers.jsonl"
     prompts = ["State the final answer to the following arithmetic problem: 3 + 4 =", "What is 10 - 2?"]
     source = tmp_path / "prompts.jsonl"
     source.write_text("\n".join(json.dumps({"prompt": p}) for p in prompts))
-    run_cli("infer", f"run={gen_run}", f"input={source}", "text_column=prompt", f"output={output}", "device=cpu",
-            cache_dir=cache_dir, cwd=tmp_path)
+    run_command("infer", f"run={gen_run}", f"input={source}", "text_column=prompt", f"output={output}", "device=cpu",
+                output_dir=tmp_path / "out", cache_dir=cache_dir)
     rows = [json.loads(line) for line in output.read_text().splitlines()]
     assert [r["text"] for r in rows] == prompts and all("generated" in r for r in rows)
-    streamed = run_cli("infer", f"run={gen_run}", f"text='{prompts[0]}'", "device=cpu", cache_dir=cache_dir, cwd=tmp_path).stdout
+    capsys.readouterr()
+    run_command("infer", f"run={gen_run}", f"text='{prompts[0]}'", "device=cpu", output_dir=tmp_path / "out",
+                cache_dir=cache_dir)
+    streamed = capsys.readouterr().out
     assert rows[0]["generated"] in streamed  # greedy: the streamed answer is the batched one
 
 
@@ -210,11 +216,12 @@ def test_lora_adapter_only_run_loads_for_evaluate_and_infer(tmp_path, cache_dir,
     tiny_model(tiny_dir).save_pretrained(base)
     tokenizer.save_pretrained(base)
     run_dir = tmp_path / "run"
-    run_cli("finetune", *GEN_TRAIN, f"model.name_or_path={base}", "model.from_scratch=false", "model.lora.enabled=true",
-            "model.lora.save_merged=false", "train.epochs=1", f"hydra.run.dir={run_dir}", cache_dir=cache_dir, cwd=tmp_path)
+    gen_finetune(run_dir, cache_dir, f"model.name_or_path={base}", "model.from_scratch=false", "model.lora.enabled=true",
+                 "model.lora.save_merged=false", "train.epochs=1")
     best = run_dir / "checkpoints" / "best"
     assert (best / "adapter_model.safetensors").is_file() and not (best / "model.safetensors").exists()
-    run_cli("evaluate", f"run={run_dir}", "compare_ood=false", "device=cpu", cache_dir=cache_dir, cwd=tmp_path)
+    run_command("evaluate", f"run={run_dir}", "compare_ood=false", "device=cpu", output_dir=tmp_path / "out",
+                cache_dir=cache_dir)
     assert read_json(run_dir / "eval" / "test" / "metrics.json")["n"] == 16
 
 
@@ -232,15 +239,22 @@ def test_bad_lora_settings_and_pair_inputs_are_user_errors(tiny_dir, tokenizer):
         infer_answers(None, GenerationTask(), ["a"], ["b"], stream=False)
 
 
-def test_bench_generate_script_runs_on_tiny_gpt(tmp_path, cache_dir):
-    import subprocess
+def test_bench_generate_script_runs_on_tiny_gpt(tmp_path, cache_dir, tiny_dir):
+    """The script's `main(argv)`, in-process (its `__main__` only turns the result into an exit status);
+    `tiny_dir`: the SmolLM2 config it reads is the one already in the session cache."""
+    import importlib.util
 
-    from conftest import cli_env
-
+    spec = importlib.util.spec_from_file_location("bench_generate", REPO / "scripts" / "bench_generate.py")
+    bench_generate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_generate)
     output = tmp_path / "bench.json"
-    subprocess.run([sys.executable, str(REPO / "scripts" / "bench_generate.py"), "--model", "tiny", "--prompts", "4",
-                    "--batch-size", "2", "--max-new-tokens", "3", "--repeats", "1", "--output", str(output)],
-                   env=cli_env(cache_dir), cwd=tmp_path, check=True, capture_output=True, text=True, timeout=600)
+    threads = torch.get_num_threads()
+    try:
+        returned = bench_generate.main(["--model", "tiny", "--prompts", "4", "--batch-size", "2", "--max-new-tokens", "3",
+                                        "--repeats", "1", "--cache-dir", str(cache_dir), "--output", str(output)])
+    finally:
+        torch.set_num_threads(threads)
     result = read_json(output)
+    assert returned == result
     assert result["prompts"] == 4 and result["ratio_pipeline_over_lmreason"] > 0
     assert result["answers_agree"] == 1.0  # same greedy answers from both paths

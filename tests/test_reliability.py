@@ -17,27 +17,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
-from conftest import TINY_TRAIN, cli_env, read_json, run_cli, write_sentiment_csv
-from lmreason.config import config_dir
+from conftest import (TINY_TRAIN, cli_env, compose_command, finetune_in_process, read_json, run_cli, run_command,
+                      write_sentiment_csv)
 from lmreason.errors import UserError
 
 
 # --------------------------------------------------------------------------- helpers
-def compose_command(command: str, overrides: list[str], tmp_path: Path, cache_dir: Path):
-    """A command's config as the CLI composes it (no Hydra run dir: output_dir is given)."""
-    with initialize_config_dir(config_dir=config_dir(), version_base=None):
-        return compose(config_name=command, overrides=[*overrides, f"output_dir={tmp_path / 'out'}", f"cache_dir={cache_dir}"])
-
-
-def finetune_in_process(tmp_path, cache_dir, *overrides):
-    from lmreason.commands import finetune
-
-    return finetune.run(compose_command("finetune", [*TINY_TRAIN, *overrides], tmp_path, cache_dir))
-
-
 def checkpoint_step(checkpoint: Path) -> int:
     """The step of a checkpoint that loads the way resume/evaluate load it (safetensors, weights_only state)."""
     from transformers import AutoModelForSequenceClassification
@@ -141,7 +128,7 @@ def test_a_run_killed_before_its_first_checkpoint_says_so_on_resume(tmp_path, ca
     run_dir = tmp_path / "run"
     (run_dir / "checkpoints" / ".last.tmp-0123abcd").mkdir(parents=True)  # what a kill in the first save leaves
     with pytest.raises(UserError) as exc:
-        finetune_in_process(tmp_path, cache_dir, f"resume={run_dir}")
+        finetune_in_process(tmp_path / "out", cache_dir, f"resume={run_dir}")
     assert "stopped before its first checkpoint was complete; nothing to resume" in one_line(exc)
 
 
@@ -151,7 +138,7 @@ def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path, cache_dir, m
     handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     try:
         with pytest.raises(UserError) as exc:
-            finetune_in_process(tmp_path, cache_dir, "data=local", f"data.path={data}", "train.epochs=2")
+            finetune_in_process(tmp_path / "out", cache_dir, "data=local", f"data.path={data}", "train.epochs=2")
     finally:
         signal.signal(signal.SIGINT, handlers[0])
         signal.signal(signal.SIGTERM, handlers[1])
@@ -216,7 +203,7 @@ def test_bad_finetune_config_fails_before_any_work(tmp_path, case):
     data = write_sentiment_csv(tmp_path / "data.csv", 40)
     cache = tmp_path / "cache"  # its own: nothing may be prepared in it
     with pytest.raises(UserError) as exc:
-        finetune_in_process(tmp_path, cache, "data=local", f"data.path={data}", *overrides)
+        finetune_in_process(tmp_path / "out", cache, "data=local", f"data.path={data}", *overrides)
     assert expected in one_line(exc)
     assert not (cache / "prepared").exists()  # no data was tokenized or cached
     assert not (tmp_path / "out" / "checkpoints").exists()
@@ -238,7 +225,7 @@ def test_evaluating_an_ood_split_of_data_without_one_fails_before_loading(tmp_pa
 
     csv = write_sentiment_csv(tmp_path / "data.csv", 40)
     cfg = compose_command("evaluate", [f"checkpoint={finished_run / 'checkpoints' / 'best'}", "split=ood",
-                                       *(d.format(csv=csv) for d in data)], tmp_path, cache_dir)
+                                       *(d.format(csv=csv) for d in data)], tmp_path / "out", cache_dir)
     with pytest.raises(UserError) as exc:
         evaluate.run(cfg)
     assert "split=ood: the data" in one_line(exc) and "has no OOD split" in str(exc.value)
@@ -251,7 +238,7 @@ def test_nonfinite_skip_skips_the_step_counts_it_and_finishes(tmp_path, cache_di
 
     data = write_sentiment_csv(tmp_path / "data.csv", 60, seed=24)
     monkeypatch.setenv("LMREASON_FAULT_AT", "loss:3:NAN")  # the 3rd micro-batch = step 3 (no accumulation)
-    results = finetune_in_process(tmp_path, cache_dir, "data=local", f"data.path={data}", "train.epochs=2",
+    results = finetune_in_process(tmp_path / "out", cache_dir, "data=local", f"data.path={data}", "train.epochs=2",
                                   "train.nonfinite=skip", "train.early_stopping.enabled=false")
     metrics = read_json(tmp_path / "out" / "metrics.json")
     assert metrics["status"] == "completed" and metrics["skipped_steps"] == results["skipped_steps"] == 1
@@ -282,7 +269,7 @@ def test_a_pickle_planted_as_trainer_state_is_refused_not_run(tmp_path, cache_di
     else:
         state.write_bytes(pickle.dumps({"step": WritesAFile(marker)}))
     with pytest.raises(UserError) as exc:
-        finetune_in_process(tmp_path, cache_dir, f"resume={run_copy}")
+        finetune_in_process(tmp_path / "out", cache_dir, f"resume={run_copy}")
     assert "refused to load it: not a plain trainer state" in one_line(exc)
     assert not marker.exists()
 
@@ -297,19 +284,19 @@ def test_a_planted_pytorch_model_bin_is_never_loaded(tmp_path, cache_dir, run_co
         torch.save({"weight": WritesAFile(marker)}, run_copy / "checkpoints" / name / "pytorch_model.bin")
     # Next to the safetensors weights: those load, the pickle is ignored.
     evaluate.run(compose_command("evaluate", [f"run={run_copy}", "split=validation", "compare_ood=false", "device=cpu"],
-                                 tmp_path, cache_dir))
+                                 tmp_path / "out", cache_dir))
     assert not marker.exists()
     # Instead of them: evaluate, infer and resume refuse the dir.
     for name in ("best", "last"):
         (run_copy / "checkpoints" / name / "model.safetensors").unlink()
     with pytest.raises(UserError) as exc:
-        evaluate.run(compose_command("evaluate", [f"run={run_copy}", "device=cpu"], tmp_path, cache_dir))
+        evaluate.run(compose_command("evaluate", [f"run={run_copy}", "device=cpu"], tmp_path / "out", cache_dir))
     assert "safetensors weights only" in one_line(exc)
     with pytest.raises(UserError) as exc:
-        infer.run(compose_command("infer", [f"run={run_copy}", "text=great film", "device=cpu"], tmp_path, cache_dir))
+        infer.run(compose_command("infer", [f"run={run_copy}", "text=great film", "device=cpu"], tmp_path / "out", cache_dir))
     assert "safetensors weights only" in one_line(exc)
     with pytest.raises(UserError) as exc:
-        finetune_in_process(tmp_path, cache_dir, f"resume={run_copy}")
+        finetune_in_process(tmp_path / "out", cache_dir, f"resume={run_copy}")
     assert "safetensors weights only" in one_line(exc)
     assert not marker.exists()
 
@@ -328,11 +315,11 @@ def test_a_saved_config_never_instantiates_targets(tmp_path, cache_dir, run_copy
             cfg.task.head = target
         path.write_text(OmegaConf.to_yaml(cfg))
     evaluate.run(compose_command("evaluate", [f"run={run_copy}", "split=validation", "compare_ood=false", "device=cpu"],
-                                 tmp_path, cache_dir))
-    infer.run(compose_command("infer", [f"run={run_copy}", "text=a great film", "device=cpu"], tmp_path, cache_dir))
+                                 tmp_path / "out", cache_dir))
+    infer.run(compose_command("infer", [f"run={run_copy}", "text=a great film", "device=cpu"], tmp_path / "out", cache_dir))
     assert not marker.exists()
     with pytest.raises(UserError) as exc:  # resume types the file on the schema: a stray key is refused
-        finetune_in_process(tmp_path, cache_dir, f"resume={run_copy}")
+        finetune_in_process(tmp_path / "out", cache_dir, f"resume={run_copy}")
     assert "not a valid lmreason finetune config" in one_line(exc)
     assert not marker.exists()
 
@@ -345,10 +332,10 @@ def test_a_saved_config_with_python_yaml_tags_is_refused(tmp_path, cache_dir, ru
         path = run_copy / "checkpoints" / name / "config.yaml"
         path.write_text(f"planted: !!python/object/apply:os.system ['touch {marker}']\n" + path.read_text())
     with pytest.raises(UserError) as exc:
-        evaluate.run(compose_command("evaluate", [f"run={run_copy}", "device=cpu"], tmp_path, cache_dir))
+        evaluate.run(compose_command("evaluate", [f"run={run_copy}", "device=cpu"], tmp_path / "out", cache_dir))
     assert "unreadable config" in one_line(exc)
     with pytest.raises(UserError) as exc:
-        finetune_in_process(tmp_path, cache_dir, f"resume={run_copy}")
+        finetune_in_process(tmp_path / "out", cache_dir, f"resume={run_copy}")
     assert "unreadable config" in one_line(exc)
     assert not marker.exists()
 
@@ -371,9 +358,9 @@ def test_remote_code_in_a_run_dir_stays_off_unless_asked(tmp_path, cache_dir, ru
         saved.model.trust_remote_code = True
         (checkpoint / "config.yaml").write_text(OmegaConf.to_yaml(saved))
     evaluate.run(compose_command("evaluate", [f"run={run_copy}", "split=validation", "compare_ood=false", "device=cpu"],
-                                 tmp_path, cache_dir))
-    infer.run(compose_command("infer", [f"run={run_copy}", "text=a great film", "device=cpu"], tmp_path, cache_dir))
-    finetune_in_process(tmp_path, cache_dir, f"resume={run_copy}")  # loads the last checkpoint's model
+                                 tmp_path / "out", cache_dir))
+    infer.run(compose_command("infer", [f"run={run_copy}", "text=a great film", "device=cpu"], tmp_path / "out", cache_dir))
+    finetune_in_process(tmp_path / "out", cache_dir, f"resume={run_copy}")  # loads the last checkpoint's model
     assert not marker.exists()
 
 
@@ -397,10 +384,10 @@ def test_an_output_dir_that_cannot_be_written_is_one_line(tmp_path, cache_dir, b
 def test_a_cache_dir_that_cannot_be_written_is_one_line(tmp_path):
     data = write_sentiment_csv(tmp_path / "data.csv", 40)
     (tmp_path / "taken").write_text("a file, not a dir")
-    proc = run_cli("prepare", "model=tiny-bert", "data=local", f"data.path={data}", f"cache_dir={tmp_path / 'taken' / 'c'}",
-                   f"hydra.run.dir={tmp_path / 'out'}", cache_dir=tmp_path / "unused", cwd=tmp_path, check=False)
-    assert proc.returncode == 1 and "cannot write the prepared data" in proc.stderr
-    assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
+    with pytest.raises(UserError, match="cannot write the prepared data") as exc:
+        run_command("prepare", "model=tiny-bert", "data=local", f"data.path={data}", output_dir=tmp_path / "out",
+                    cache_dir=tmp_path / "taken" / "c")
+    one_line(exc)
 
 
 @pytest.mark.parametrize("failing", ["weights", "trainer state", "the copy to best"])

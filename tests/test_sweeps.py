@@ -12,7 +12,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from conftest import read_json, run_cli, write_sentiment_csv
+from conftest import read_json, run_cli, run_command, write_sentiment_csv
 from lmreason.config import config_dir
 
 TINY = ["model=tiny-bert", "scheduler.warmup_steps=0", "device=cpu", "device.precision=fp32", "device.threads=1",
@@ -104,7 +104,7 @@ def done(status: str, best, **extra) -> dict:
             "wall_time_s": 75.0, **extra}
 
 
-def test_sweep_report_copes_with_failed_running_and_broken_runs(tmp_path, cache_dir):
+def test_sweep_report_copes_with_failed_running_and_broken_runs(tmp_path, cache_dir, capsys):
     sweep = tmp_path / "sweep"
     common = ["model=tiny-bert", "data=local"]
     fake_run(sweep, "0", [*common, "optimizer.lr=0.001"], done("completed", 0.75), test_acc=0.7)
@@ -116,7 +116,8 @@ def test_sweep_report_copes_with_failed_running_and_broken_runs(tmp_path, cache_
     fake_run(sweep, "6", [*common, "optimizer.lr=0.04"], done("running", 0.5, process={"host": socket.gethostname(), "pid": os.getpid()}))
     fake_run(sweep, "10", [*common, "optimizer.lr=0.05"], done("running", 0.5, process={"host": socket.gethostname(), "pid": 2**22 + 7}))
 
-    proc = run_cli("evaluate", f"sweep={sweep}", cache_dir=cache_dir, cwd=tmp_path)
+    run_command("evaluate", f"sweep={sweep}", output_dir=tmp_path / "out", cache_dir=cache_dir)
+    out = capsys.readouterr().out
     report = read_json(sweep / "sweep_report.json")
     statuses = {r["run"]: r["status"] for r in report["runs"]}
     assert statuses == {"0": "completed", "1": "early_stopped", "2": "diverged", "3": "failed", "4": "unknown",
@@ -127,7 +128,7 @@ def test_sweep_report_copes_with_failed_running_and_broken_runs(tmp_path, cache_
     assert report["fixed_overrides"] == {"model": "tiny-bert", "data": "local"}
     assert report["runs"][0]["eval"] == {"test/acc": 0.7}
     assert "no such file" in report["runs"][3]["note"]
-    assert "best: run 1" in proc.stdout and "★ 1" in proc.stdout
+    assert "best: run 1" in out and "★ 1" in out
 
     rows = list(csv.DictReader(open(sweep / "sweep_report.csv")))
     assert [row["run"] for row in rows] == ["0", "1", "2", "3", "4", "5", "6", "10"]
@@ -135,11 +136,15 @@ def test_sweep_report_copes_with_failed_running_and_broken_runs(tmp_path, cache_
 
 
 def test_sweep_report_errors_are_one_line(tmp_path, cache_dir):
-    proc = run_cli("evaluate", f"sweep={tmp_path / 'nope'}", cache_dir=cache_dir, cwd=tmp_path, check=False)
-    assert proc.returncode == 1 and "no such directory" in proc.stderr and "Traceback" not in proc.stderr
+    from lmreason.errors import UserError
+
+    with pytest.raises(UserError, match="no such directory") as exc:
+        run_command("evaluate", f"sweep={tmp_path / 'nope'}", output_dir=tmp_path / "out", cache_dir=cache_dir)
+    assert "\n" not in str(exc.value)
     (tmp_path / "empty").mkdir()
-    proc = run_cli("evaluate", f"sweep={tmp_path / 'empty'}", cache_dir=cache_dir, cwd=tmp_path, check=False)
-    assert proc.returncode == 1 and "no run dirs" in proc.stderr
+    with pytest.raises(UserError, match="no run dirs") as exc:
+        run_command("evaluate", f"sweep={tmp_path / 'empty'}", output_dir=tmp_path / "out", cache_dir=cache_dir)
+    assert "\n" not in str(exc.value)
 
 
 # ----------------------------------------------------------------------------- real sweeps
@@ -168,7 +173,7 @@ def test_joblib_multirun_of_two_jobs_gives_two_run_dirs(tmp_path, cache_dir, dat
 
 
 @pytest.mark.slow
-def test_optuna_search_of_three_trials_and_its_report(tmp_path, cache_dir, data):
+def test_optuna_search_of_three_trials_and_its_report(tmp_path, cache_dir, data, capsys):
     sweep = tmp_path / "sweep"
     # The shipped search space, with lr narrowed to a good value and a diverging one (1e30: NaN at step 2);
     # monitor val/loss (min) so trials differ. Sampler seed 6 draws lr 0.003, 1e30, 0.003 (optuna 2.10).
@@ -178,7 +183,9 @@ def test_optuna_search_of_three_trials_and_its_report(tmp_path, cache_dir, data)
     assert "NaN/inf" in proc.stderr  # the diverged trial said so in one line, and the sweep went on
     optuna = OmegaConf.load(sweep / "optimization_results.yaml")
 
-    report_proc = run_cli("evaluate", f"sweep={sweep}", cache_dir=cache_dir, cwd=tmp_path)
+    capsys.readouterr()
+    run_command("evaluate", f"sweep={sweep}", output_dir=tmp_path / "out", cache_dir=cache_dir)
+    report_out = capsys.readouterr().out
     report = read_json(sweep / "sweep_report.json")
     runs = {r["run"]: r for r in report["runs"]}
     assert len(runs) == 3 and report["mode"] == "min"
@@ -191,5 +198,5 @@ def test_optuna_search_of_three_trials_and_its_report(tmp_path, cache_dir, data)
     assert report["best_run"] == best["run"] and best["is_best"]
     assert optuna.best_value == pytest.approx(best["best_metric"])
     assert optuna.best_params["optimizer.lr"] == 0.003
-    assert f"best: run {best['run']}" in report_proc.stdout
+    assert f"best: run {best['run']}" in report_out
     assert (sweep / "sweep_report.csv").is_file()
