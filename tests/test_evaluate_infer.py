@@ -36,7 +36,7 @@ def test_evaluate_writes_metrics_slices_plots_and_the_ood_gap(tmp_path, cache_di
         assert (finished_run / "eval" / "test" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = [json.loads(line) for line in (finished_run / "eval" / "test" / "predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 48 and {"text", "label", "predicted", "confidence", "topic"} <= set(rows[0])
-    assert "OOD" in out and "gap" in out
+    assert "in-distribution vs OOD" in out and "OOD worse by" in out
 
 
 def test_evaluate_any_split_by_name_and_unknown_split(tmp_path, cache_dir, finished_run):
