@@ -173,3 +173,10 @@ def test_threads_default_to_the_idle_cores_and_a_busy_machine_is_warned_about(mo
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
     passive_openmp_wait()
     assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def test_infer_keeps_no_run_dir(tmp_path, cache_dir, finished_run):
+    """Every `infer` used to leave outputs/infer/<date>/<time>/ (.hydra + an infer.log) behind: litter."""
+    proc = run_cli("infer", f"run={finished_run}", "text=a great film", cache_dir=cache_dir, cwd=tmp_path)
+    assert "1 predictions in" in proc.stdout
+    assert list(tmp_path.iterdir()) == []  # nothing but what output= would name

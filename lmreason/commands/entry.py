@@ -47,6 +47,8 @@ class RunDirGuard(Callback):
         run_dir = Path(str(config.hydra.run.dir)).expanduser()  # `now` is cached: the dir Hydra will use
         if "resume" in config and not config.resume and (run_dir / "checkpoints").exists():
             _refuse(command, f"{run_dir} already holds a run; start a new one or resume it with resume={run_dir}")
+        if str(config.hydra.run.dir) == "." and config.hydra.output_subdir is None:
+            return  # a command that keeps no run dir (infer): nothing will be written there
         _check_writable(command, run_dir, "hydra.run.dir")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
