@@ -245,3 +245,43 @@ def test_robustness_on_a_trained_run(finished_run, tmp_path, cache_dir, capsys):
     # same seed, same figures
     again = _evaluate(finished_run, tmp_path, cache_dir, *settings, "compare_ood=false")["robustness"]
     assert again["test"]["tests"] == results["test"]["tests"] and again["test"]["attack"] == results["test"]["attack"]
+
+
+def test_gen_task_suites_on_the_prompt_scored_with_the_task_scorer(cache_dir, tmp_path):
+    """task=gen: a tiny random decoder; the prompts are perturbed, answers generated and scored by exact match."""
+    import datasets
+    import torch
+    from omegaconf import OmegaConf
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from lmreason.evaluation.predict import InferenceSession
+    from lmreason.evaluation.robustness import Resources, robustness_of_split
+    from lmreason.evaluation.split import SplitRequest
+    from lmreason.models.packaged import resolve_model_path
+    from lmreason.tasks import get_task
+
+    tiny_dir = resolve_model_path("smollm2-135m-instruct-config", cache_dir)
+    config = AutoConfig.from_pretrained(tiny_dir)
+    config.update({"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                   "head_dim": 16, "intermediate_size": 128})
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
+    task = get_task(OmegaConf.create({"name": "gen", "use_chat_template": False, "prompt_template": "Q: {prompt}\nA: ",
+                                      "system_prompt": None}))
+    generation = OmegaConf.create({"do_sample": False, "max_new_tokens": 2, "temperature": 1.0, "top_p": 1.0, "batch_size": 8})
+    session = InferenceSession(model, tokenizer, torch.device("cpu"), "fp32", 8, 96, generation)
+    valid = SYLLOGISM.replace("No grandparents are parents", "All grandparents are parents").replace(
+        "No grandparents are lawyers", "All grandparents are lawyers")  # Barbara: the conclusion follows
+    prompts = [SYLLOGISM, valid, FAMILY]  # SYLLOGISM's conclusion does not follow (illicit major)
+    dataset = datasets.Dataset.from_dict({"prompt": prompts, "completion": ["No", "Yes", "mother-in-law"]})
+    rcfg = robustness_cfg("diagnostics.robustness.suites=[identity,reasoning]").diagnostics.robustness
+    payload, records = robustness_of_split(session, task, SplitRequest("test", dataset, tmp_path), rcfg, Resources(rcfg, "cpu"))
+    tests = payload["tests"]
+    assert payload["task"] == "gen" and tests["identity/none"]["flip_rate"] == 0.0
+    assert tests["reasoning/rename"]["applicable"] == 3 and tests["reasoning/reorder"]["applicable"] == 3
+    negation = tests["reasoning/negation"]  # only the valid syllogism; scored against the new answer, No
+    assert negation["applicable"] == 1 and negation["expectation"] == "DIR"
+    assert [r["expected"] for r in records if r["suite"] == "reasoning/negation"] in ([], ["No"])
+    for row in records:
+        assert row["suite"] != "identity/none" and {"predicted_before", "predicted_after", "score_before", "score_after"} <= set(row)

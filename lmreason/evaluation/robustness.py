@@ -422,8 +422,9 @@ def run_robustness(session, task, requests, rcfg, run_dir: Path | None = None, c
                           f"words changed {_pct(a['mean_words_changed'])}, queries {a['mean_queries'] or 0:.1f} per example")
     shown = worst_flipped(results, flipped, int(rcfg.flipped_shown))
     for split, rec in shown:
-        console.print(f"[bold]{rec['suite']}[/] ({split}): {rec['gold']} -> {rec['predicted_after']} "
-                      f"({rec.get('confidence_after', rec.get('score_after', 0)):.2f})\n  {highlight_changes(rec['original'], rec['perturbed'])}")
+        expected = "" if rec["expected"] == rec["gold"] else f", expected {rec['expected']}"
+        console.print(f"[bold]{rec['suite']}[/] ({split}): gold {rec['gold']}{expected}; predicted {rec['predicted_before']} -> "
+                      f"{rec['predicted_after']}\n  {highlight_changes(rec['original'], rec['perturbed'])}")
     if run_dir is not None:
         log_robustness(run_dir, results)
     return results
