@@ -182,7 +182,8 @@ def test_reasoning_suite_on_the_bigbench_files():
 
 
 def test_highlight_marks_the_changed_words():
-    assert highlight_changes("the film was great", "the movie was great") == "the [bold red]movie[/] was great"
+    assert highlight_changes("the film was great", "the movie was great") == "the [dim strike]film[/] [bold red]movie[/] was great"
+    assert highlight_changes("a b", "a b c") == "a b [bold red]c[/]"
 
 
 # ------------------------------------------------------------------ bad input

@@ -516,16 +516,20 @@ def worst_flipped(results: dict, flipped: dict, count: int) -> list[tuple[str, d
 
 
 def highlight_changes(original: str, perturbed: str) -> str:
-    """The perturbed text with its changed words in bold red (rich markup), by a word-level diff."""
+    """The perturbed text, by a word-level diff: removed words struck through, new ones in bold red (rich markup)."""
     from rich.markup import escape
 
     old, new = original.split(), perturbed.split()
     out = []
-    for op, _, _, j1, j2 in difflib.SequenceMatcher(a=old, b=new, autojunk=False).get_opcodes():
-        piece = escape(" ".join(new[j1:j2]))
-        if not piece:
+    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(a=old, b=new, autojunk=False).get_opcodes():
+        removed, added = escape(" ".join(old[i1:i2])), escape(" ".join(new[j1:j2]))
+        if op == "equal":
+            out.append(added)
             continue
-        out.append(piece if op == "equal" else f"[bold red]{piece}[/]")
+        if removed:
+            out.append(f"[dim strike]{removed}[/]")
+        if added:
+            out.append(f"[bold red]{added}[/]")
     return " ".join(out)
 
 
