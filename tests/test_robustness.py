@@ -242,6 +242,9 @@ def test_robustness_on_a_trained_run(finished_run, tmp_path, cache_dir, capsys):
             assert {"suite", "original", "perturbed", "gold", "predicted_before", "confidence_before", "predicted_after",
                     "confidence_after"} <= set(row)
             assert row["suite"] != "identity/none"
+            if row["suite"] == "attack/greedy":  # at most 20% of the words (at least one), within the budget
+                assert row["predicted_after"] != row["gold"] and 1 <= row["words_changed"] <= max(1, int(0.2 * len(row["original"].split())))
+                assert row["queries"] <= 40
     assert "suite reasoning does not apply to this data" in out and "robustness (worst first)" in out
     # same seed, same figures
     again = _evaluate(finished_run, tmp_path, cache_dir, *settings, "compare_ood=false")["robustness"]
@@ -286,3 +289,21 @@ def test_gen_task_suites_on_the_prompt_scored_with_the_task_scorer(cache_dir, tm
     assert [r["expected"] for r in records if r["suite"] == "reasoning/negation"] in ([], ["No"])
     for row in records:
         assert row["suite"] != "identity/none" and {"predicted_before", "predicted_after", "score_before", "score_after"} <= set(row)
+
+
+def test_the_group_composes_as_a_list_and_the_yaml_matches_the_schema():
+    from omegaconf import OmegaConf
+
+    from lmreason.config import RobustnessConfig
+
+    with initialize_config_dir(config_dir(), version_base="1.3"):
+        plain = compose("evaluate")
+        as_list = compose("evaluate", overrides=["diagnostics=[robustness]", "diagnostics.robustness.seed=3"])
+        as_name = compose("evaluate", overrides=["diagnostics=robustness"])
+    assert plain.diagnostics.robustness is None
+    assert as_list.diagnostics.robustness.seed == 3 and as_name.diagnostics.robustness.suites == ["character", "word", "reasoning"]
+    # the YAML's values are the schema's defaults (one source of truth for both)
+    assert OmegaConf.to_container(as_name.diagnostics.robustness) == OmegaConf.to_container(OmegaConf.structured(RobustnessConfig))
+    with pytest.raises(Exception, match="suite"):  # a misspelt key fails at compose time, naming it
+        with initialize_config_dir(config_dir(), version_base="1.3"):
+            compose("evaluate", overrides=["diagnostics=[robustness]", "diagnostics.robustness.suite=[word]"])

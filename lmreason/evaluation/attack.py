@@ -41,6 +41,7 @@ class _State:
     gold_prob: float = 1.0
     done: bool = False
     success: bool = False
+    final: object = None  # (C,) probabilities of the text that flipped the label
 
     def text(self, replace: dict | None = None) -> str:
         replace = replace or {}
@@ -127,16 +128,16 @@ def greedy_attack(session, texts: list[str], pairs: list[str] | None, gold: np.n
             flipped = int(probs[k].argmax()) != gold[s.index]
             score = (flipped, -p_gold)
             if id(s) not in best or score > best[id(s)][0]:
-                best[id(s)] = (score, pos, option)
+                best[id(s)] = (score, pos, option, probs[k])
         for s in {id(s): s for s, _, _ in meta}.values():
             if id(s) in best:
-                (flipped, neg_p), pos, option = best[id(s)]
+                (flipped, neg_p), pos, option, row = best[id(s)]
                 if flipped or -neg_p < s.gold_prob:
                     s.current[pos] = option
                     s.changed.add(pos)
                     s.gold_prob = -neg_p
                 if flipped:
-                    s.done, s.success = True, True
+                    s.done, s.success, s.final = True, True, row
             limit = max(1, int(max_changed_share * s.n_words))
             if s.queries >= s.budget or len(s.changed) >= limit:
                 s.done = True
@@ -154,5 +155,5 @@ def greedy_attack(session, texts: list[str], pairs: list[str] | None, gold: np.n
         "max_changed_share": max_changed_share,
     }
     records = [{"index": s.index, "original": s.original, "perturbed": s.text(), "success": s.success,
-                "queries": s.queries, "words_changed": len(s.changed)} for s in states]
+                "queries": s.queries, "words_changed": len(s.changed), "probs": s.final} for s in states]
     return figures, records

@@ -289,8 +289,7 @@ def _cls_split(session, request, rcfg, resources: Resources) -> tuple[dict, list
         payload["attack"] = attack
         for rec in attacked:
             if rec["success"]:
-                pos = keep[rec["index"]]
-                after = classify_texts(session, [rec["perturbed"]], [pairs[pos]] if pairs else None)[0]
+                pos, after = keep[rec["index"]], rec["probs"]
                 records.append({"suite": f"attack/{rcfg.attack}", "expectation": INV, "original": rec["original"],
                                 "perturbed": rec["perturbed"], "gold": gold_names[pos], "expected": gold_names[pos],
                                 "predicted_before": model_labels[before[pos]], "confidence_before": float(clean[pos, before[pos]]),
