@@ -252,6 +252,8 @@ def _cls_split(session, request, rcfg, resources: Resources) -> tuple[dict, list
     gold_names = [request.label_names[dataset["labels"][i]] for i in index]
     gold = np.array([model_labels.index(g) for g in gold_names])
     synonyms = resources.synonyms if _needs_synonyms(rcfg) else None
+    if synonyms is not None:
+        synonyms.prefetch(m.group() for t in texts for m in word.content_words(t))
     tests = build_tests(rcfg, model_labels, synonyms, uncased=is_uncased(session.tokenizer))
     applied = apply_tests(tests, texts, index, gold_names, int(rcfg.seed),
                           resources.meaning if "word" in rcfg.suites else None, int(rcfg.word.tries))
@@ -333,6 +335,8 @@ def _gen_split(session, task, request, rcfg, resources: Resources) -> tuple[dict
     prompts = columns["prompt"]
     gold_names = [str(a) for a in columns.get("answer", columns["completion"])]
     synonyms = resources.synonyms if "word" in rcfg.suites else None
+    if synonyms is not None:
+        synonyms.prefetch(m.group() for t in prompts for m in word.content_words(t))
     tests = build_tests(rcfg, [], synonyms, uncased=is_uncased(session.tokenizer))
     applied = apply_tests(tests, prompts, index, gold_names, int(rcfg.seed),
                           resources.meaning if "word" in rcfg.suites else None, int(rcfg.word.tries))

@@ -46,9 +46,16 @@ def match_case(new: str, old: str) -> str:
 
 
 def _same_stem(a: str, b: str) -> bool:
-    """film/films, slow/slower: inflections of one word are not substitutes for it."""
-    n = min(4, len(a), len(b))
-    return a[:n] == b[:n]
+    """film/films, boring/bored, story/stories: forms of one word are not substitutes for it.
+
+    The same stem here: a common prefix of at least 3 letters and of all but 2 letters of the shorter word.
+    """
+    common = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        common += 1
+    return common >= max(3, min(len(a), len(b)) - 2)
 
 
 class EmbeddingNeighbours:
@@ -75,18 +82,30 @@ class EmbeddingNeighbours:
     def synonyms(self, word: str) -> list[str]:
         key = word.lower()
         if key not in self._cache:
-            found: list[str] = []
-            i = self.index.get(key)
-            if i is not None and key not in STOPWORDS:
-                sims = self.unit @ self.unit[i]  # (V,)
-                sims[~self.allowed] = -1.0
-                for j in np.argsort(-sims)[: self.k * 4]:
-                    if sims[j] < self.min_similarity or len(found) == self.k:
+            self.prefetch([key])
+        return self._cache[key]
+
+    def prefetch(self, words) -> None:
+        """Neighbours of many words at once: one (chunk, D) @ (D, V) product per 256 words, not a pass per word."""
+        todo = list(dict.fromkeys(w.lower() for w in words if w.lower() not in self._cache))
+        for key in [w for w in todo if w not in self.index or w in STOPWORDS]:
+            self._cache[key] = []
+        todo = [w for w in todo if w in self.index and w not in STOPWORDS]
+        top = min(self.k * 4, len(self.vocab) - 1)  # room for the inflections dropped below
+        for start in range(0, len(todo), 256):
+            chunk = todo[start:start + 256]
+            sims = self.unit[[self.index[w] for w in chunk]] @ self.unit.T  # (chunk, V)
+            sims[:, ~self.allowed] = -1.0
+            best = np.argpartition(-sims, top, axis=1)[:, :top]  # (chunk, top), unordered
+            for row, key in enumerate(chunk):
+                ranked = best[row][np.argsort(-sims[row, best[row]])]
+                found: list[str] = []
+                for j in ranked:
+                    if sims[row, j] < self.min_similarity or len(found) == self.k:
                         break
                     if not _same_stem(self.vocab[j], key):
                         found.append(self.vocab[j])
-            self._cache[key] = found
-        return self._cache[key]
+                self._cache[key] = found
 
 
 class WordNetSynonyms:
@@ -128,6 +147,11 @@ class Synonyms:
 
     def __init__(self, sources: list):
         self.sources = sources
+
+    def prefetch(self, words) -> None:
+        for source in self.sources:
+            if hasattr(source, "prefetch"):
+                source.prefetch(words)
 
     def __call__(self, word: str) -> list[str]:
         out: list[str] = []
