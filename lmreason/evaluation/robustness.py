@@ -247,9 +247,10 @@ def _cls_split(session, request, rcfg, resources: Resources) -> tuple[dict, list
     dataset = request.dataset
     model_labels = label_names_of(session.model)
     index = sample_rows(len(dataset), int(rcfg.examples), int(rcfg.seed))
-    texts = [dataset["text"][i] for i in index]
-    pairs = [dataset["text_pair"][i] for i in index] if "text_pair" in dataset.column_names else None
-    gold_names = [request.label_names[dataset["labels"][i]] for i in index]
+    sample = dataset.select(index)  # a column of a datasets.Dataset is read whole: read the sample's once
+    texts = list(sample["text"])
+    pairs = list(sample["text_pair"]) if "text_pair" in sample.column_names else None
+    gold_names = [request.label_names[label] for label in sample["labels"]]
     gold = np.array([model_labels.index(g) for g in gold_names])
     synonyms = resources.synonyms if _needs_synonyms(rcfg) else None
     if synonyms is not None:
@@ -330,7 +331,8 @@ def _gen_split(session, task, request, rcfg, resources: Resources) -> tuple[dict
 
     dataset = request.dataset
     index = sample_rows(len(dataset), int(rcfg.examples), int(rcfg.seed))
-    columns = {c: [dataset[c][i] for i in index] for c in dataset.column_names
+    sample = dataset.select(index)
+    columns = {c: list(sample[c]) for c in sample.column_names
                if c in ("task", "entry", "generator_config", "prompt", "answer", "completion")}
     prompts = columns["prompt"]
     gold_names = [str(a) for a in columns.get("answer", columns["completion"])]
