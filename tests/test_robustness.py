@@ -307,3 +307,27 @@ def test_the_group_composes_as_a_list_and_the_yaml_matches_the_schema():
     with pytest.raises(Exception, match="suite"):  # a misspelt key fails at compose time, naming it
         with initialize_config_dir(config_dir(), version_base="1.3"):
             compose("evaluate", overrides=["diagnostics=[robustness]", "diagnostics.robustness.suite=[word]"])
+
+
+def test_wordnet_source_is_used_when_present_and_skipped_when_not(monkeypatch):
+    """nltk is optional (not a dependency): a stand-in module checks the code path; without it, available() is False."""
+    import sys
+    import types
+
+    class Synset:
+        def __init__(self, *names):
+            self.names = names
+
+        def lemma_names(self):
+            return list(self.names)
+
+    fake_wordnet = types.SimpleNamespace(synsets=lambda w: {"film": [Synset("film", "movie", "picture_show"), Synset("films", "cinema")],
+                                                           "good": [Synset("good")]}.get(w, []))
+    corpus = types.ModuleType("nltk.corpus")
+    corpus.wordnet = fake_wordnet
+    monkeypatch.setitem(sys.modules, "nltk", types.ModuleType("nltk"))
+    monkeypatch.setitem(sys.modules, "nltk.corpus", corpus)
+    source = word.WordNetSynonyms(k=8)
+    assert source.available() and source.synonyms("Film") == ["movie", "cinema"]  # no multi-word lemmas, no forms of film
+    monkeypatch.setitem(sys.modules, "nltk.corpus", None)  # import fails: skipped, said once by Resources
+    assert word.WordNetSynonyms().available() is False
