@@ -19,6 +19,7 @@ mean queries (over attacked examples).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import numpy as np
 
@@ -56,14 +57,26 @@ class _State:
         return (self.original[:m.start()] + self.original[m.end():]).replace("  ", " ").strip()
 
 
+@dataclass
+class AttackSettings:
+    """How the attack may change a text: `synonyms(word) -> list[str]`, `meaning` (a MeaningCheck),
+    `budget` (model calls per example, the ranking included) and `max_changed_share` of its words."""
+
+    synonyms: Callable[[str], list[str]]
+    meaning: Any
+    budget: int = 200
+    max_changed_share: float = 0.2
+
+
 def greedy_attack(session, texts: list[str], pairs: list[str] | None, gold: np.ndarray, clean: np.ndarray,
-                  synonyms, meaning, budget: int = 200, max_changed_share: float = 0.2) -> tuple[dict, list[dict]]:
+                  settings: AttackSettings) -> tuple[dict, list[dict]]:
     """Attack every correctly classified text; returns (figures, one record per example attacked).
 
     `clean`: (N, C) probabilities of the unperturbed texts (their queries are not counted, as in
-    TextAttack, where the first call is the "goal function" check). `synonyms(word) -> list[str]`;
-    `meaning`: a MeaningCheck.
+    TextAttack, where the first call is the "goal function" check).
     """
+    synonyms, meaning = settings.synonyms, settings.meaning
+    budget, max_changed_share = settings.budget, settings.max_changed_share
     n = len(texts)
     correct = clean.argmax(axis=1) == gold
     states = []

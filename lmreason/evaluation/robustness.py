@@ -104,7 +104,7 @@ def build_tests(rcfg, label_names: list[str], synonyms=None, uncased: bool = Fal
             ]
         elif suite == "word":
             word_rate = float(rcfg.word.rate)
-            tests.append(Perturbation("word", "synonyms", INV, lambda t, r: word.substitute_synonyms(t, r, synonyms, word_rate),
+            tests.append(Perturbation("word", "synonyms", INV, lambda t, r, word_rate=word_rate: word.substitute_synonyms(t, r, synonyms, word_rate),
                                       about=f"{word_rate:.0%} of content words to synonyms, meaning check >= {rcfg.meaning_threshold}"))
         elif suite == "reasoning":
             tests += [
@@ -281,13 +281,14 @@ def _cls_split(session, request, rcfg, resources: Resources) -> tuple[dict, list
     payload = {"split": request.name, "task": "cls", "examples": len(texts), "seed": int(rcfg.seed),
                "clean_acc": float((before == gold).mean()) if len(texts) else None, "tests": figures}
     if rcfg.attack:
-        from lmreason.evaluation.attack import greedy_attack
+        from lmreason.evaluation.attack import AttackSettings, greedy_attack
 
         n_attack = int(rcfg.attack_examples or rcfg.examples)
         keep = list(range(min(n_attack, len(texts))))
         attack, attacked = greedy_attack(session, [texts[i] for i in keep], [pairs[i] for i in keep] if pairs else None,
-                                         gold[keep], clean[keep], synonyms, resources.meaning,
-                                         budget=int(rcfg.query_budget), max_changed_share=float(rcfg.max_changed_share))
+                                         gold[keep], clean[keep],
+                                         AttackSettings(synonyms, resources.meaning, budget=int(rcfg.query_budget),
+                                                        max_changed_share=float(rcfg.max_changed_share)))
         attack["name"] = rcfg.attack
         payload["attack"] = attack
         for rec in attacked:
