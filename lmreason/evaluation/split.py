@@ -45,7 +45,6 @@ def evaluate_classification(session: InferenceSession, task, request: SplitReque
     from lmreason.evaluation.loading import label_names_of
     from lmreason.evaluation.metrics import classification_metrics, reliability_bins, slice_metrics
     from lmreason.evaluation.report import metrics_table, slices_table
-    from lmreason.ui import console
 
     dataset, model_labels = request.dataset, label_names_of(session.model)
     try:
@@ -62,19 +61,12 @@ def evaluate_classification(session: InferenceSession, task, request: SplitReque
     metrics["slices"] = {col: slice_metrics(labels, probs, dataset[col], model_labels) for col in request.slice_columns}
     metrics["split"] = request.name
     save_classification_figures(metrics, model_labels, request.name, request.out_dir)
-    choice = probs.argmax(axis=1)
-    texts, meta = dataset["text"], {c: dataset[c] for c in request.slice_columns}
-    rows = []
-    for i in range(len(labels)):
-        row = {"text": texts[i], "label": model_labels[labels[i]], "predicted": model_labels[choice[i]],
-               "confidence": float(probs[i, choice[i]])}
-        row.update({c: values[i] for c, values in meta.items()})
-        rows.append(row)
-    write_jsonl(request.out_dir / "predictions.jsonl", rows)
-    write_json(request.out_dir / "metrics.json", metrics)
-    console.print(metrics_table(metrics, f"{request.name}: {metrics['n']} examples"))
-    for col, slices in metrics["slices"].items():
-        console.print(slices_table(slices, col))
+    choice, texts = probs.argmax(axis=1), dataset["text"]
+    rows = [{"text": texts[i], "label": model_labels[labels[i]], "predicted": model_labels[choice[i]],
+             "confidence": float(probs[i, choice[i]])} for i in range(len(labels))]
+    tables = [metrics_table(metrics, f"{request.name}: {metrics['n']} examples")]
+    tables += [slices_table(slices, col) for col, slices in metrics["slices"].items()]
+    _write_and_show(request, metrics, ("predictions.jsonl", rows), tables)
     return metrics
 
 
@@ -84,7 +76,6 @@ def evaluate_generation(session: InferenceSession, task, request: SplitRequest) 
     from lmreason.evaluation.report import generation_slices_table, generation_table
     from lmreason.evaluation.scoring import is_reasoning, score_rows
     from lmreason.evaluation.slices import generation_slices
-    from lmreason.ui import console
 
     dataset, gen = request.dataset, session.generation
     loss, count = reference_loss(session, task, dataset)
@@ -100,16 +91,25 @@ def evaluate_generation(session: InferenceSession, task, request: SplitRequest) 
         "generation": {k: gen[k] for k in ("do_sample", "max_new_tokens", "temperature", "top_p", "batch_size")},
         "slices": {col: generation_slices(correct, scores, dataset[col]) for col in request.slice_columns},
     }
-    meta = {c: dataset[c] for c in request.slice_columns}
-    rows = []
-    for i, (prompt, reference) in enumerate(zip(dataset["prompt"], dataset["completion"])):
-        row = {"prompt": prompt, "reference": reference, "generated": texts[i], "score": float(scores[i]),
-               "correct": bool(correct[i])}
-        row.update({c: values[i] for c, values in meta.items()})
-        rows.append(row)
-    write_jsonl(request.out_dir / "generations.jsonl", rows)
-    write_json(request.out_dir / "metrics.json", metrics)
-    console.print(generation_table(metrics, f"{request.name}: {metrics['n']} examples"))
-    for col, slices in metrics["slices"].items():
-        console.print(generation_slices_table(slices, col))
+    rows = [{"prompt": prompt, "reference": reference, "generated": texts[i], "score": float(scores[i]),
+             "correct": bool(correct[i])}
+            for i, (prompt, reference) in enumerate(zip(dataset["prompt"], dataset["completion"]))]
+    tables = [generation_table(metrics, f"{request.name}: {metrics['n']} examples")]
+    tables += [generation_slices_table(slices, col) for col, slices in metrics["slices"].items()]
+    _write_and_show(request, metrics, ("generations.jsonl", rows), tables)
     return metrics
+
+
+def _write_and_show(request: SplitRequest, metrics: dict, records: tuple[str, list[dict]], tables: list) -> None:
+    """metrics.json and the per-example records (each row with its slice columns' values) in the split's
+    out dir, then the tables on the terminal."""
+    from lmreason.ui import console
+
+    name, rows = records
+    meta = {c: request.dataset[c] for c in request.slice_columns}
+    for i, row in enumerate(rows):
+        row.update({c: values[i] for c, values in meta.items()})
+    write_jsonl(request.out_dir / name, rows)
+    write_json(request.out_dir / "metrics.json", metrics)
+    for table in tables:
+        console.print(table)
