@@ -374,3 +374,259 @@ def sanity_check(session, attributions: list[Attribution], texts, pairs, acfg, s
         "high: the attributions barely depend on what the model learned (they may reflect the input's form)" if mean > 0.5
         else "low: the attributions depend on the trained weights (passes the model-randomisation check)")
     return {"rank_correlation": mean, "n": len(rhos), "verdict": verdict}
+
+
+# ------------------------------------------------------------------ infer explain=true
+def explain_rows(session, rows: list[dict], texts, pairs, acfg) -> list[Attribution]:
+    """Add tokens, token_scores, words, scores, delta, logit_change, method to infer's rows (in place)."""
+    attributions = attribute(session, texts, pairs, acfg)
+    for row, a in zip(rows, attributions):
+        record = a.as_record()
+        for key in ("tokens", "token_scores", "words", "scores", "delta", "logit_change", "method"):
+            row[key] = record[key]
+    return attributions
+
+
+def large_deltas(attributions: list[Attribution], threshold: float) -> list[int]:
+    """Indices whose |delta| exceeds `threshold` x |logit change| (IG did not converge: more n_steps)."""
+    return [i for i, a in enumerate(attributions) if a.delta is not None and a.logit_change is not None
+            and abs(a.delta) > threshold * max(abs(a.logit_change), 1e-6)]
+
+
+def delta_warning(attributions: list[Attribution], threshold: float, key: str = "attribution") -> str | None:
+    bad = large_deltas(attributions, threshold)
+    if not bad:
+        return None
+    worst = max(bad, key=lambda i: abs(attributions[i].delta) / max(abs(attributions[i].logit_change), 1e-6))
+    a = attributions[worst]
+    return (f"warning: {len(bad)} of {len(attributions)} attributions miss completeness by more than {threshold:.0%} of the "
+            f"logit change (worst: delta {a.delta:+.4f} for a change of {a.logit_change:+.4f}); raise {key}.n_steps")
+
+
+def coloured_words(words: list[str], scores: list[float]):
+    """A rich Text: each word green (toward the label) or red (against it), brighter the larger |score|."""
+    from rich.text import Text
+
+    text = Text()
+    top = max((abs(s) for s in scores), default=0.0) or 1.0
+    for j, (w, s) in enumerate(zip(words, scores)):
+        strength = abs(s) / top
+        colour = (0, int(90 + 165 * strength), 0) if s >= 0 else (int(90 + 165 * strength), 0, 0)
+        style = f"bold white on rgb({colour[0]},{colour[1]},{colour[2]})" if strength >= 0.1 else "dim"
+        if j:
+            text.append(" ")
+        text.append(w, style=style)
+    return text
+
+
+def print_explanations(rows: list[dict], console, shown: int) -> None:
+    """Per input: the label and confidence, then its words coloured by score, then the top words with their values."""
+    for row in rows[:shown]:
+        delta = "" if row.get("delta") is None else f", delta {row['delta']:+.2e} of logit change {row['logit_change']:+.4f}"
+        console.print(f"[bold]{row['label']}[/] ({row['confidence']:.3f}; {row['method']}{delta})")
+        console.print(coloured_words(row["words"], row["scores"]))
+        order = sorted(range(len(row["words"])), key=lambda j: -abs(row["scores"][j]))[:5]
+        console.print("  top: " + ", ".join(f"{row['words'][j]} {row['scores'][j]:+.3g}" for j in order))
+    console.print("[dim]green: toward the predicted label, red: against it (integrated gradients / gradient x input: "
+                  "logit units; occlusion: probability drop)[/]")
+
+
+# ------------------------------------------------------------------ evaluate diagnostics=attribution
+def select_examples(gold: np.ndarray, probs: np.ndarray, errors: int, correct: int, seed: int) -> list[tuple[int, str]]:
+    """(row, group): the `errors` most confident errors, then `correct` correct rows drawn at random (seeded)."""
+    predicted, confidence = probs.argmax(axis=1), probs.max(axis=1)
+    wrong = np.flatnonzero(predicted != gold)
+    wrong = wrong[np.argsort(-confidence[wrong], kind="stable")][:errors]
+    right = np.flatnonzero(predicted == gold)
+    right = np.sort(np.random.default_rng(seed).permutation(right)[:correct])
+    return [(int(i), "error") for i in wrong] + [(int(i), "correct") for i in right]
+
+
+WORD = __import__("re").compile(r"\w+", __import__("re").UNICODE)
+
+
+def label_association(texts: list[str], labels: list[str]) -> dict:
+    """Per lower-cased word: its count (examples containing it) and PMI log p(label|word)/p(label) per label,
+    add-one smoothed, over a (training) split."""
+    names = sorted(set(labels))
+    prior = {y: labels.count(y) / len(labels) for y in names}
+    counts: dict[str, dict[str, int]] = {}
+    for text, y in zip(texts, labels):
+        for w in set(m.group().lower() for m in WORD.finditer(text)):
+            counts.setdefault(w, {}).setdefault(y, 0)
+            counts[w][y] += 1
+    table = {}
+    for w, by_label in counts.items():
+        total = sum(by_label.values())
+        table[w] = {"count": total, "pmi": {y: math.log(((by_label.get(y, 0) + 1) / (total + len(names))) / prior[y]) for y in names}}
+    return table
+
+
+def surface_flag(word: str, starts_text: bool) -> str | None:
+    """A heuristic for words that should carry no task meaning: a number, a capitalised name, formatting."""
+    if any(c.isdigit() for c in word):
+        return "number"
+    if not any(c.isalnum() for c in word):
+        return "formatting"
+    if word[:1].isupper() and not starts_text:
+        return "name?"
+    return None
+
+
+def leaned_on(records: list[dict], train: dict | None, top: int, min_count: int) -> dict:
+    """Per predicted label: the `top` words (seen in >= min_count attributed examples) by mean score toward it,
+    with their training PMI with that label and a surface flag."""
+    sums: dict[tuple[str, str], list[float]] = {}
+    flags: dict[str, str | None] = {}
+    for r in records:
+        for j, (w, s) in enumerate(zip(r["words"], r["scores"])):
+            key = (r["label"], w.lower())
+            sums.setdefault(key, []).append(s)
+            flag = surface_flag(w, starts_text=j == 0)
+            flags[w.lower()] = flags.get(w.lower()) or flag
+    result: dict[str, list[dict]] = {}
+    for (label, w), values in sums.items():
+        if len(values) < min_count:
+            continue
+        entry = {"word": w, "mean_score": float(np.mean(values)), "examples": len(values), "flag": flags.get(w)}
+        if train is not None:
+            known = train.get(w)
+            entry["train_count"] = known["count"] if known else 0
+            entry["train_pmi"] = known["pmi"].get(label) if known else None
+            if known is None:
+                entry["flag"] = entry["flag"] or "unseen in training"
+            elif entry["mean_score"] > 0 and entry["train_pmi"] is not None and abs(entry["train_pmi"]) < 0.05:
+                entry["flag"] = entry["flag"] or "no label signal in training"
+        result.setdefault(label, []).append(entry)
+    return {label: sorted(rows, key=lambda e: -e["mean_score"])[:top] for label, rows in sorted(result.items())}
+
+
+def attribution_of_split(session, request, acfg, train_association: dict | None) -> tuple[dict, list[dict]]:
+    """(eval/<split>/attribution.json payload, attributions.jsonl records) of one classification split."""
+    import time
+
+    from lmreason.evaluation.loading import label_names_of
+    from lmreason.evaluation.predict import classify_texts
+
+    dataset = request.dataset
+    model_labels = label_names_of(session.model)
+    texts = list(dataset["text"])
+    pairs = list(dataset["text_pair"]) if "text_pair" in dataset.column_names else None
+    gold = np.array([model_labels.index(request.label_names[label]) for label in dataset["labels"]])
+    probs = classify_texts(session, texts, pairs)
+    chosen = select_examples(gold, probs, int(acfg.errors), int(acfg.correct), int(acfg.seed))
+    rows = [i for i, _ in chosen]
+    sel_texts, sel_pairs = [texts[i] for i in rows], [pairs[i] for i in rows] if pairs else None
+    began = time.perf_counter()
+    attributions = attribute(session, sel_texts, sel_pairs, acfg)
+    seconds = time.perf_counter() - began
+    records = []
+    for (i, group), a in zip(chosen, attributions):
+        row = {"row": i, "group": group, "text": texts[i], "gold": model_labels[gold[i]]}
+        if pairs:
+            row["text_pair"] = pairs[i]
+        records.append({**row, **a.as_record()})
+    payload = {"split": request.name, "method": str(acfg.method), "n_steps": int(acfg.n_steps),
+               "examples": {"error": sum(g == "error" for _, g in chosen), "correct": sum(g == "correct" for _, g in chosen)},
+               "attribution_seconds": seconds}
+    ratios = [abs(a.delta) / max(abs(a.logit_change), 1e-6) for a in attributions if a.delta is not None]
+    payload["delta"] = {"mean_abs": float(np.mean([abs(a.delta) for a in attributions if a.delta is not None])) if ratios else None,
+                        "mean_relative": float(np.mean(ratios)) if ratios else None,
+                        "over_threshold": len(large_deltas(attributions, float(acfg.delta_warning))),
+                        "warning": delta_warning(attributions, float(acfg.delta_warning), key="diagnostics.attribution")}
+    payload["faithfulness"] = faithfulness(session, attributions, sel_texts, sel_pairs, list(acfg.k_percents), int(acfg.seed))
+    for group in ("error", "correct"):
+        keep = [k for k, (_, g) in enumerate(chosen) if g == group]
+        if keep:
+            payload["faithfulness"][group] = {k: v for k, v in faithfulness(
+                session, [attributions[k] for k in keep], [sel_texts[k] for k in keep],
+                [sel_pairs[k] for k in keep] if sel_pairs else None, list(acfg.k_percents), int(acfg.seed)).items()
+                if k != "per_k"}
+    payload["sanity_check"] = sanity_check(session, attributions, sel_texts, sel_pairs, acfg, int(acfg.seed)) if acfg.sanity_check else None
+    payload["leaned_on"] = leaned_on(records, train_association, int(acfg.top_words), int(acfg.min_word_count))
+    return payload, records
+
+
+def run_attribution(session, task, requests, acfg, run_dir: Path | None = None, train_dataset=None,
+                    label_names: list[str] | None = None) -> dict:
+    """`diagnostics=attribution` on each split request: eval/<split>/attributions.jsonl (every attributed example) and
+    eval/<split>/attribution.json (faithfulness vs random, sanity check, words leaned on); prints the tables.
+
+    The examples per split: the `errors` most confident errors and `correct` correct ones (seeded draw).
+    Word association (PMI) comes from `train_dataset` when given (the run's training split).
+    Raises:
+        UserError: bad settings, a task=gen model.
+    """
+    from lmreason.evaluation.outputs import write_json, write_jsonl
+    from lmreason.ui import console
+
+    check_config(acfg, task.name, key="diagnostics.attribution")
+    association = None
+    if train_dataset is not None and label_names:
+        association = label_association(list(train_dataset["text"]), [label_names[y] for y in train_dataset["labels"]])
+    results = {}
+    for request in requests:
+        payload, records = attribution_of_split(session, request, acfg, association)
+        write_jsonl(request.out_dir / "attributions.jsonl", records)
+        write_json(request.out_dir / "attribution.json", payload)
+        results[request.name] = payload
+        if payload["delta"]["warning"]:
+            console.print(f"[yellow]{request.name}: {payload['delta']['warning']}[/]")
+    console.print(faithfulness_table(results))
+    for split, payload in results.items():
+        s = payload.get("sanity_check")
+        if s and s["verdict"]:
+            console.print(f"sanity check ({split}): rank correlation with a re-initialised encoder {s['rank_correlation']:.2f} "
+                          f"over {s['n']} examples — {s['verdict']}")
+        console.print(leaned_on_table(split, payload["leaned_on"]))
+    return results
+
+
+def faithfulness_table(results: dict):
+    """Figures x splits: each attribution figure next to the random-words figure."""
+    from rich.table import Table
+
+    table = Table(title="attribution faithfulness (ERASER AOPC over k% of words)", title_justify="left", caption_justify="left",
+                  caption="comprehensiveness: probability drop when the top words are removed (higher = more faithful); "
+                          "sufficiency: drop when only they are kept (lower = more faithful); random: the same number of random words")
+    table.add_column("figure", style="bold")
+    for split in results:
+        table.add_column(f"{split}", justify="right")
+        table.add_column(f"{split} random", justify="right")
+    fmt = lambda v: "—" if v is None else f"{v:.3f}"
+    for figure, better in (("comprehensiveness", 1), ("sufficiency", -1)):
+        cells = []
+        for payload in results.values():
+            f = payload["faithfulness"]
+            mine, rand = f.get(figure), f.get(f"random_{figure}")
+            good = mine is not None and rand is not None and (mine - rand) * better > 0
+            cells += [f"[{'green' if good else 'red'}]{fmt(mine)}[/]", fmt(rand)]
+        table.add_row(figure, *cells)
+    cells = []
+    for payload in results.values():
+        s = payload.get("sanity_check") or {}
+        cells += [fmt(s.get("rank_correlation")), ""]
+    table.add_row("rank corr. vs random encoder", *cells)
+    cells = []
+    for payload in results.values():
+        cells += [fmt(payload["delta"]["mean_relative"]), ""]
+    table.add_row("|delta| / |logit change|", *cells)
+    return table
+
+
+def leaned_on_table(split: str, leaned: dict):
+    from rich.table import Table
+
+    table = Table(title=f"what the model leans on ({split}): words by mean attribution toward the predicted label",
+                  title_justify="left", caption_justify="left",
+                  caption="train PMI: log p(label|word)/p(label) in the training split (~0: the word carries no label signal there); "
+                          "flags are heuristics")
+    for name, justify in (("label", "left"), ("word", "left"), ("mean score", "right"), ("examples", "right"),
+                          ("train PMI", "right"), ("flag", "left")):
+        table.add_column(name, justify=justify)
+    for label, rows in leaned.items():
+        for e in rows:
+            pmi = e.get("train_pmi")
+            table.add_row(label, e["word"], f"{e['mean_score']:+.3g}", str(e["examples"]), "—" if pmi is None else f"{pmi:+.2f}",
+                          f"[yellow]{e['flag']}[/]" if e.get("flag") else "")
+    return table
