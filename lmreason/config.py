@@ -94,6 +94,12 @@ class DistributedBackend(StrEnum):  # torch.distributed backends lmreason runs D
     gloo = "gloo"
 
 
+class AttributionMethod(StrEnum):  # what lmreason.evaluation.attribution computes
+    integrated_gradients = "integrated_gradients"  # Captum LayerIntegratedGradients over the input embeddings
+    gradient_x_input = "gradient_x_input"  # one backward pass: gradient x (embedding - pad embedding)
+    occlusion = "occlusion"  # leave-one-word-out: drop in the predicted label's probability (model-agnostic)
+
+
 class NonFinitePolicy(StrEnum):
     stop = "stop"  # keep the last good checkpoint and end the run
     skip = "skip"  # drop the step's update and go on
@@ -299,8 +305,30 @@ class RobustnessConfig:
 
 
 @dataclass
+class AttributionConfig:
+    """How one attribution is computed (infer explain=true and diagnostics.attribution)."""
+
+    method: AttributionMethod = AttributionMethod.integrated_gradients
+    n_steps: int = 32
+    internal_batch_size: int = 256
+    delta_warning: float = 0.1
+
+
+@dataclass
+class AttributionDiagnosticsConfig(AttributionConfig):
+    errors: int = 25
+    correct: int = 25
+    seed: int = 0
+    k_percents: List[float] = field(default_factory=lambda: [5.0, 10.0, 20.0, 50.0])
+    sanity_check: bool = True
+    top_words: int = 10
+    min_word_count: int = 3
+
+
+@dataclass
 class DiagnosticsConfig:
     robustness: Optional[RobustnessConfig] = None
+    attribution: Optional[AttributionDiagnosticsConfig] = None
 
 
 # --------------------------------------------------------------------------- commands
@@ -355,6 +383,8 @@ class InferCommandConfig:
     output: Optional[str] = None
     batch_size: int = 64
     top_k: int = 0
+    explain: bool = False
+    attribution: AttributionConfig = field(default_factory=AttributionConfig)
     device: DeviceConfig = field(default_factory=DeviceConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     cache_dir: str = MISSING

@@ -68,6 +68,10 @@ def validate_infer(cfg: DictConfig) -> None:
     _check_positive("batch_size", cfg.batch_size)
     if cfg.top_k < 0:
         raise UserError(f"top_k={cfg.top_k}: must be >= 0 (0: all labels)")
+    if cfg.get("explain"):
+        from lmreason.evaluation.attribution import check_config  # numpy only at import
+
+        check_config(cfg.attribution)
     _check_device(cfg.device)
     _check_generation(cfg.generation)
 

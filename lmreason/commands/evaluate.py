@@ -60,6 +60,11 @@ def run(cfg: DictConfig) -> dict:
         from lmreason.evaluation.robustness import check_config
 
         check_config(robustness_cfg, eval_cfg.task.name)
+    attribution_cfg = cfg.diagnostics.attribution if cfg.get("diagnostics") else None
+    if attribution_cfg is not None:
+        from lmreason.evaluation.attribution import check_config as check_attribution
+
+        check_attribution(attribution_cfg, eval_cfg.task.name, key="diagnostics.attribution")
     _check_ood_asked_of_a_source_with_some(cfg, eval_cfg)
     device, precision = resolve_device(cfg.device)
     task = get_task(eval_cfg.task)
@@ -95,6 +100,11 @@ def run(cfg: DictConfig) -> dict:
         from lmreason.evaluation.robustness import run_robustness
 
         results["robustness"] = run_robustness(session, task, requests, robustness_cfg, run_dir, cfg.cache_dir)
+    if attribution_cfg is not None:  # eval/<split>/attribution.json and attributions.jsonl
+        from lmreason.evaluation.attribution import run_attribution
+
+        results["attribution"] = run_attribution(session, task, requests, attribution_cfg, run_dir,
+                                                 data.splits.get("train"), data.label_names)
     if run_dir is not None:
         log_to_tensorboard(run_dir, results)
     console.print(f"reports written to {out_root}")

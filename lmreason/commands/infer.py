@@ -76,6 +76,10 @@ def run(cfg: DictConfig) -> list[dict]:
     checkpoint_dir, _ = resolve_checkpoint(cfg.run, cfg.checkpoint)
     saved = saved_run_config(checkpoint_dir)
     task = get_task(saved.task if saved is not None else task_of_model_dir(checkpoint_dir))
+    if cfg.explain:  # bad settings (or a task=gen model) fail before the model loads
+        from lmreason.evaluation.attribution import check_config
+
+        check_config(cfg.attribution, task.name)
     device, precision = resolve_device(cfg.device)
     model, tokenizer = load_model_for_inference(checkpoint_dir, task.name, device, cfg.device.fast_paths)
     session = InferenceSession(model, tokenizer, device, precision, cfg.batch_size,
@@ -86,10 +90,22 @@ def run(cfg: DictConfig) -> list[dict]:
         predictions = infer_answers(session, task, texts, pairs, stream=streamed)
     else:
         predictions = infer_labels(session, texts, pairs)
+    if cfg.explain:  # a score per word toward the predicted label (lmreason.evaluation.attribution)
+        from lmreason.evaluation.attribution import delta_warning, explain_rows
+
+        warning = delta_warning(explain_rows(session, predictions, texts, pairs, cfg.attribution), cfg.attribution.delta_warning)
+        if warning:
+            console.print(f"[yellow]{warning}[/]")
     seconds = time.perf_counter() - began  # tokenize + batch + forward (model loading and file I/O excluded)
     if cfg.output:
         write_jsonl(Path(cfg.output), predictions)
         console.print(f"wrote {len(predictions)} predictions to {cfg.output}")
+    elif cfg.explain:
+        from lmreason.evaluation.attribution import print_explanations
+
+        print_explanations(predictions, console, MAX_SHOWN)
+        if len(predictions) > MAX_SHOWN:
+            console.print(f"... {len(predictions) - MAX_SHOWN} more; use output=<file.jsonl> for all of them")
     elif not streamed:
         console.print(generations_table(predictions) if task.name == "gen" else predictions_table(predictions, cfg.top_k))
         if len(predictions) > MAX_SHOWN:
