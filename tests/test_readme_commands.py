@@ -73,6 +73,8 @@ PLACEHOLDER_SPELLINGS = {"<run dir>": "<run_dir>"}
 # run=/resume=: the run dir of the latest single finetune (of the command's task=, if it gives one): README order makes
 # that the run the text has just made (cls in Commands, gen in Generation).
 RUN_PLACEHOLDERS = ("outputs/finetune/<date>/<time>", "<run_dir>", "...")
+# ... except for what needs a classifier (the attack, attributions): the latest task=cls run.
+CLASSIFIER_ONLY = r"diagnostics\.robustness\.attack=|.*attribution|explain=true"
 SWEEP_PLACEHOLDERS = ("outputs/finetune/multirun/<date>/<time>",)  # sweep=: the latest multirun dir
 # Files the commands read from the cwd, in the layout the README gives.
 SST2_ROWS = {"train": 64, "dev": 32}  # sst2/train.csv, sst2/dev.csv: text,label (0 negative, 1 positive)
@@ -153,7 +155,8 @@ def substituted(words: list[str], runs: list[tuple[Path, str]], sweeps: list[Pat
     for word in args:
         key, eq, value = word.partition("=")
         if eq and key in ("run", "resume") and value in RUN_PLACEHOLDERS:
-            matching = [run for run, task in runs if option(args, "task") in (None, task)]
+            wanted = option(args, "task") or ("cls" if any(re.match(CLASSIFIER_ONLY, w) for w in args) else None)
+            matching = [run for run, task in runs if wanted in (None, task)]
             assert matching, f"{word}: no earlier finetune to take the run dir from"
             word = f"{key}={matching[-1]}"
         elif eq and key == "sweep" and value in SWEEP_PLACEHOLDERS:

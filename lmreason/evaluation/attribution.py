@@ -140,9 +140,15 @@ def attribute(session, texts: list[str], pairs: list[str] | None, acfg, targets:
             for row, i in enumerate(batch):
                 t = int(target[row])
                 n = int(lengths[i])
-                out[i] = _to_words(encoded, i, texts[i], pairs[i] if pairs else None, tokenizer,
-                                   token_scores[row, :n].tolist(), names[t], float(probs[row, t]),
-                                   delta[row], change[row], method)
+                scores = token_scores[row, :n].tolist()
+                words, word_scores, spans = _word_scores(encoded.encodings[i], texts[i], pairs[i] if pairs else None, scores)
+                out[i] = Attribution(
+                    label=names[t], confidence=float(probs[row, t]),
+                    tokens=tokenizer.convert_ids_to_tokens(encoded["input_ids"][i]),
+                    token_scores=[float(v) for v in scores], words=words, scores=[float(v) for v in word_scores],
+                    word_spans=[tuple(span) for span in spans],
+                    delta=None if delta[row] is None else float(delta[row]),
+                    logit_change=None if change[row] is None else float(change[row]), method=method)
     if method == "occlusion":
         _occlude(session, out, texts, pairs, [names.index(a.label) for a in out], model)
     return out
@@ -201,31 +207,25 @@ def _gradient_x_input(model, forward, input_ids, baseline, extra, target):
         return embedding.grad * (embedding - layer(baseline))
 
 
-def _to_words(encoded, i: int, text: str, pair: str | None, tokenizer, token_scores: list[float], label: str,
-              confidence: float, delta, change, method: str) -> Attribution:
-    """Token scores summed over each word's pieces (word_ids and sequence ids of the fast tokenizer)."""
-    enc = encoded.encodings[i]
+def _word_scores(enc, text: str, pair: str | None, token_scores: list[float]) -> tuple[list, list, list]:
+    """(words, scores, spans): token scores summed over each word's pieces (word_ids and sequence ids of the
+    fast tokenizer's encoding `enc`); a span is [sequence 0|1, start, end] in characters."""
     word_ids, seq_ids, offsets = enc.word_ids, enc.sequence_ids, enc.offsets
-    words, scores, spans, index = [], [], [], {}
+    scores, spans, index = [], [], {}
     for pos, (w, s) in enumerate(zip(word_ids, seq_ids)):
         if w is None or s is None:
             continue
         key = (s, w)
         start, end = offsets[pos]
         if key not in index:
-            index[key] = len(words)
-            words.append(None)
+            index[key] = len(scores)
             scores.append(0.0)
             spans.append([s, start, end])
         j = index[key]
         scores[j] += token_scores[pos]
         spans[j][1], spans[j][2] = min(spans[j][1], start), max(spans[j][2], end)
-    for j, (s, start, end) in enumerate(spans):
-        words[j] = (text if s == 0 else pair)[start:end]
-    return Attribution(label=label, confidence=confidence, tokens=tokenizer.convert_ids_to_tokens(encoded["input_ids"][i]),
-                       token_scores=[float(v) for v in token_scores], words=words, scores=[float(v) for v in scores],
-                       word_spans=[tuple(s) for s in spans], delta=None if delta is None else float(delta),
-                       logit_change=None if change is None else float(change), method=method)
+    words = [(text if s == 0 else pair)[start:end] for s, start, end in spans]
+    return words, scores, spans
 
 
 def _occlude(session, attributions: list[Attribution], texts, pairs, targets: list[int], model) -> None:
