@@ -328,7 +328,7 @@ class InferCommandConfig:
     output: Optional[str] = None
     batch_size: int = 64
     top_k: int = 0
-    backend: str = "torch"  # torch, onnx or onnx-int8 (lmreason.validation checks the name)
+    backend: Any = "torch"  # torch, onnx or onnx-int8 (lmreason.validation checks it: a list gets a hint to use evaluate)
     device: DeviceConfig = field(default_factory=DeviceConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     cache_dir: str = MISSING
