@@ -19,7 +19,9 @@ through its saved config) against the PyTorch model, and renamed into place only
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import io
 import json
 import os
 import warnings
@@ -206,8 +208,7 @@ def _write_graph(model, tokenizer, path: Path, settings: ExportConfig) -> None:
     sample["attention_mask"] = sample.get("attention_mask", (sample["input_ids"] != tokenizer.pad_token_id).long())
     inputs = {name: sample[name] if name in sample else torch.zeros_like(sample["input_ids"]) for name in names}
     assert int(inputs["attention_mask"].min()) == 0, "the tracing batch must hold padding"
-    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
+    with _quiet(), torch.no_grad():  # quiet: the TorchScript exporter's deprecation and tracer warnings
         if settings.exporter == "dynamo":
             try:
                 import onnxscript  # noqa: F401
@@ -232,20 +233,30 @@ def _quantize(source: Path, target: Path) -> None:
     Measured on MiniLM fine-tuned on 4k SST-2 rows (dev, 872 examples; fp32 acc 0.8165): the default
     per-tensor quantization of MatMul and Gather agreed with PyTorch on 96.6% of labels (acc 0.8028);
     per-channel on MatMul only agreed on 98.6% (acc 0.8165)."""
-    import logging
-
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # the quantizer logs a line per tensor (and advice) through the root logger
+    with _quiet():
+        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True,
+                         op_types_to_quantize=["MatMul"])
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The exporters and the quantizer talk through the root logger (a line per tensor), warnings and, for
+    dynamo, print(): what lmreason reports is the check's figures."""
+    import logging
+
+    loggers = [logging.getLogger(), logging.getLogger("torch.onnx")]  # torch.onnx: its own stderr handler
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
-            quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True,
-                             op_types_to_quantize=["MatMul"])
+            yield
     finally:
-        root.setLevel(level)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 @dataclass
