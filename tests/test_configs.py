@@ -18,6 +18,7 @@ COMMAND_GROUPS = {
     "finetune": ("model", "task", "data", "optimizer", "scheduler", "regularization", "device", "generation"),
     "evaluate": ("data", "task", "device", "generation"),
     "infer": ("device", "generation"),
+    "export": ("device",),
 }
 REQUIRED = {"local": ["data.path=x.csv"], "sst2": ["data.path=sst2"], "bigbench": ["data.path=task.json"],
             "hub": ["data.dataset_id=glue"]}

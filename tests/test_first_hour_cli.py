@@ -24,7 +24,7 @@ from lmreason.commands.entry import missing_value_message
 from lmreason.commands.infer import read_inputs
 from lmreason.config import config_dir
 
-COMMANDS = ("prepare", "finetune", "evaluate", "infer")
+COMMANDS = ("prepare", "finetune", "evaluate", "infer", "export")
 TRICKY = ["a gripping, funny film", "it's fine", "line one\nline two", 'she said "hi"', "[citation needed] good",
           "{k: v}", "a=b", "é 日本語 🙂", "${oc.env:HOME}", "back\\slash", "ends in \\", "\\'", "'", "(x) :y, z",
           "null", "1.5", "  padded  ", "tab\there", "50% $5 off"]

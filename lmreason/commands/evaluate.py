@@ -68,7 +68,14 @@ def run(cfg: DictConfig) -> dict:
     _check_ood_asked_of_a_source_with_some(cfg, eval_cfg)
     device, precision = resolve_device(cfg.device)
     task = get_task(eval_cfg.task)
-    model, tokenizer = load_model_for_inference(checkpoint_dir, task.name, device, cfg.device.fast_paths)
+    backends = [cfg.backend] if isinstance(cfg.backend, str) else [str(b) for b in cfg.backend]
+    if backends == ["torch"]:
+        model, tokenizer = load_model_for_inference(checkpoint_dir, task.name, device, cfg.device.fast_paths)
+    else:  # an exported graph behind the same batching, or several backends compared (lmreason/evaluation/backends.py)
+        from lmreason.evaluation.backends import check_task, load_for_backend, record_backends
+
+        check_task(backends, task.name, checkpoint_dir)
+        model, tokenizer, device, precision = load_for_backend(backends[0], checkpoint_dir, task.name, device, precision, cfg)
     eval_cfg.model.max_length = checkpoint_max_length(saved, tokenizer)
     data = prepare_data(eval_cfg, task, tokenizer)
     if cfg.split not in data.splits:
@@ -77,15 +84,18 @@ def run(cfg: DictConfig) -> dict:
     if cfg.compare_ood and "ood" in data.splits and cfg.split != "ood":
         splits.append("ood")
     out_root = (run_dir if run_dir is not None else Path(cfg.output_dir)) / "eval"
-    console.print(f"[bold]evaluate[/] {checkpoint_dir} on {data.summary.get('source')} ({', '.join(splits)}); device {device} ({precision})")
+    console.print(f"[bold]evaluate[/] {checkpoint_dir} on {data.summary.get('source')} ({', '.join(splits)}); device {device} ({precision})"
+                  + ("" if backends == ["torch"] else f"; backend {', '.join(backends)}"))
     session = InferenceSession(model, tokenizer, device, precision, cfg.batch_size, eval_cfg.model.max_length, cfg.generation)
-    results, requests = {}, []
+    results, requests = {}, {}
     for split in splits:
         dataset = data.splits[split]
         request = SplitRequest(name=split, dataset=dataset, out_dir=out_root / split, label_names=data.label_names,
                                slice_columns=slice_columns(cfg.slice_columns, data.metadata_columns, dataset))
         results[split] = evaluate_split(session, task, request)
-        requests.append(request)
+        requests[split] = request
+    if backends != ["torch"]:
+        record_backends(backends, session, checkpoint_dir, task, requests, results, cfg)
     if len(splits) == 2:
         from lmreason.evaluation.metrics import gap_table
         from lmreason.evaluation.report import gap_rich_table
@@ -99,11 +109,11 @@ def run(cfg: DictConfig) -> dict:
     if robustness_cfg is not None:  # diagnostics on the same session and splits (eval/<split>/robustness.json)
         from lmreason.evaluation.robustness import run_robustness
 
-        results["robustness"] = run_robustness(session, task, requests, robustness_cfg, run_dir, cfg.cache_dir)
+        results["robustness"] = run_robustness(session, task, list(requests.values()), robustness_cfg, run_dir, cfg.cache_dir)
     if attribution_cfg is not None:  # eval/<split>/attribution.json and attributions.jsonl
         from lmreason.evaluation.attribution import run_attribution
 
-        results["attribution"] = run_attribution(session, task, requests, attribution_cfg, run_dir,
+        results["attribution"] = run_attribution(session, task, list(requests.values()), attribution_cfg, run_dir,
                                                  data.splits.get("train"), data.label_names)
     if run_dir is not None:
         log_to_tensorboard(run_dir, results)

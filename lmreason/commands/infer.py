@@ -81,7 +81,12 @@ def run(cfg: DictConfig) -> list[dict]:
 
         check_config(cfg.attribution, task.name)
     device, precision = resolve_device(cfg.device)
-    model, tokenizer = load_model_for_inference(checkpoint_dir, task.name, device, cfg.device.fast_paths)
+    if cfg.backend == "torch":
+        model, tokenizer = load_model_for_inference(checkpoint_dir, task.name, device, cfg.device.fast_paths)
+    else:  # an exported graph behind the same batching (lmreason/evaluation/onnx_backend.py)
+        from lmreason.evaluation.onnx_backend import load_backend
+
+        model, tokenizer, device, precision = load_backend(checkpoint_dir, task.name, cfg.backend, device, cfg.cache_dir)
     session = InferenceSession(model, tokenizer, device, precision, cfg.batch_size,
                                checkpoint_max_length(saved, tokenizer), cfg.generation)
     streamed = task.name == "gen" and len(texts) == 1 and not cfg.output  # one answer on the terminal: print it as it comes
@@ -110,8 +115,13 @@ def run(cfg: DictConfig) -> list[dict]:
         console.print(generations_table(predictions) if task.name == "gen" else predictions_table(predictions, cfg.top_k))
         if len(predictions) > MAX_SHOWN:
             console.print(f"... {len(predictions) - MAX_SHOWN} more; use output=<file.jsonl> for all of them")
-    console.print(f"{len(predictions)} predictions in {seconds:.3f} s ({len(predictions) / max(seconds, 1e-9):.1f}/s, "
-                  f"device {device}, {precision})")
+    if cfg.backend == "torch":
+        where = f"device {device}, {precision}"
+    else:
+        from lmreason.evaluation.onnx_backend import describe
+
+        where = describe(model)
+    console.print(f"{len(predictions)} predictions in {seconds:.3f} s ({len(predictions) / max(seconds, 1e-9):.1f}/s, {where})")
     return predictions
 
 
