@@ -8,7 +8,6 @@ import re
 
 import pytest
 from hydra import compose, initialize_config_dir
-from omegaconf import open_dict
 
 from conftest import SHARED_DATA, read_json
 from lmreason.config import config_dir

@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from lmreason.config import FinetuneCommandConfig, config_dir
+from lmreason.config import FinetuneCommandConfig
 from lmreason.errors import UserError
 from lmreason.validation import VALIDATORS, validate
 from test_configs import CONF, COMMAND_GROUPS, GROUPS, REQUIRED

@@ -101,3 +101,25 @@ def checkpoint_max_length(saved: DictConfig | None, tokenizer) -> int:
 def label_names_of(model) -> list[str]:
     id2label = model.config.id2label or {}
     return [str(id2label[i]) for i in sorted(id2label, key=int)]
+
+
+def evaluation_config(cfg: DictConfig, checkpoint_dir: Path, saved: DictConfig | None) -> DictConfig:
+    """The model/task/data settings to rebuild the evaluation data with (the run's own unless overridden).
+
+    `model.max_length` is the saved run's, or null for a plain model dir (filled in from its tokenizer).
+    """
+    data = cfg.data if cfg.data is not None else (saved.data if saved is not None else None)
+    if data is None:
+        raise UserError(f"checkpoint={checkpoint_dir} has no lmreason run config: say which data to evaluate on (e.g. data=local data.path=...)")
+    task = saved.task if saved is not None else OmegaConf.create({"name": task_of_model_dir(checkpoint_dir)})
+    if cfg.get("task") is not None:  # other prompt settings, e.g. the format a fine-tuned run used, for its base model
+        if cfg.task.name != task.name:
+            raise UserError(f"task={cfg.task.name}: {checkpoint_dir} is a task={task.name} model; evaluate it with task={task.name} or leave task unset")
+        task = cfg.task
+    return OmegaConf.create({
+        "model": {"name_or_path": str(checkpoint_dir), "max_length": saved.model.max_length if saved is not None else None},
+        "task": OmegaConf.to_container(task, resolve=True),
+        "data": OmegaConf.to_container(data, resolve=True),
+        "cache_dir": cfg.cache_dir,
+        "force": False,
+    })

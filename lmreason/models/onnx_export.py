@@ -101,7 +101,7 @@ def export_checkpoint(checkpoint_dir: Path, settings: ExportConfig, cache_dir: s
     """
     from lmreason.atomic import atomic_write_json
     from lmreason.evaluation.loading import saved_run_config, task_of_model_dir
-    from lmreason.evaluation.onnx_backend import require_onnxruntime
+    from lmreason.models.onnx_runtime import require_onnxruntime
     from lmreason.ui import console
 
     require_onnxruntime("lmreason export")
@@ -282,7 +282,7 @@ def _check_examples(checkpoint_dir: Path, saved, model, tokenizer, settings: Exp
     max_length = checkpoint_max_length(saved, tokenizer)
     dataset, gold, about = None, None, ""
     if saved is not None and saved.get("data") is not None and cache_dir:
-        from lmreason.commands.evaluate import evaluation_config
+        from lmreason.evaluation.loading import evaluation_config
         from lmreason.data.prepare import prepare_data
 
         try:
@@ -327,7 +327,7 @@ def _logits(model, check: CheckExamples) -> np.ndarray:
 
 
 def _compare(path: Path, config, reference: np.ndarray, check: CheckExamples) -> dict:
-    from lmreason.evaluation.onnx_backend import OnnxClassifier
+    from lmreason.models.onnx_runtime import OnnxClassifier
 
     logits = _logits(OnnxClassifier(path, config), check)
     figures = {"examples": int(len(reference)), "max_abs_logit_diff": float(np.abs(logits - reference).max(initial=0.0)),
