@@ -127,7 +127,8 @@ def _typed_texts(value: str) -> list[str]:
     or list (`text=[a,b]`, `text="['a, b',c]"`), which keep their Hydra meaning."""
     stripped = value.strip()
     hydra_form = (stripped[:1] == "[" and stripped[-1:] == "]") or (
-        len(stripped) >= 2 and stripped[0] in "'\"" and stripped[-1] == stripped[0])
+        len(stripped) >= 2 and stripped[0] in "'\"" and stripped[-1] == stripped[0]
+    )
     if hydra_form:
         from hydra.core.override_parser.overrides_parser import OverridesParser
         from hydra.errors import HydraException
@@ -156,7 +157,7 @@ def verbatim_texts(args: list[str]) -> list[str]:
     for arg in args:
         if arg.startswith("text="):
             position = len(rest) if position is None else position
-            texts += _typed_texts(arg[len("text="):])
+            texts += _typed_texts(arg[len("text=") :])
         else:
             rest.append(arg)
     if position is None:
@@ -229,12 +230,19 @@ def key_comment(command: str, key: str, choices: dict | None = None) -> str:
 
 
 # --------------------------------------------------------------------------- help
-def command_help(command: str, choices: dict | None = None, overrides: list[str] | None = None, examples: str = "") -> str:
+def command_help(
+    command: str, choices: dict | None = None, overrides: list[str] | None = None, examples: str = ""
+) -> str:
     """`lmreason <command> --help`: what the command does, the examples of conf/hydra/help/<command>.yaml, the
     groups the command takes with their options (the default first), then its keys with their YAML comments;
     a group picked on the help line (`--help data=local`) also shows that option's keys."""
-    lines = [f"lmreason {command}: {COMMANDS[command]}", "", *examples.rstrip().splitlines(), "",
-             "== Configuration groups == (group=option; the first is the default)"]
+    lines = [
+        f"lmreason {command}: {COMMANDS[command]}",
+        "",
+        *examples.rstrip().splitlines(),
+        "",
+        "== Configuration groups == (group=option; the first is the default)",
+    ]
     picked = {}
     taken = [group for group, _, _ in _defaults_list(command)]
     for group, default, comment in _defaults_list(command):
@@ -250,9 +258,14 @@ def command_help(command: str, choices: dict | None = None, overrides: list[str]
         bases = re.findall(r"^\s+-\s+([\w-]+)\s*$", path.read_text().split("\n_self_")[0], re.M)  # `- bert`: extends it
         title = f"{group}={option}" + "".join(f" (on top of {group}={base})" for base in bases if base != "_self_")
         lines += [f"{group}:  # {title}", *("  " + line if line else line for line in _own_lines(path))]
-    pick = next((f"{g}={o}" for g, o in (("data", "local"), ("model", "gpt"), ("generation", "sample")) if g in taken), "")
-    lines += ["", (f"`lmreason {command} --help {pick}` adds that option's keys; " if pick else "")
-              + "--hydra-help: Hydra's flags (-m, --cfg, --info, ...)."]
+    pick = next(
+        (f"{g}={o}" for g, o in (("data", "local"), ("model", "gpt"), ("generation", "sample")) if g in taken), ""
+    )
+    lines += [
+        "",
+        (f"`lmreason {command} --help {pick}` adds that option's keys; " if pick else "")
+        + "--hydra-help: Hydra's flags (-m, --cfg, --info, ...).",
+    ]
     return "\n".join(lines)
 
 
@@ -275,7 +288,7 @@ def _nearest(wrong: str, candidates: list[str]) -> str | None:
     elsewhere (train.early_stoping.patience), or for a top-level key the one whose last part it is (lr -> optimizer.lr)."""
     parent, _, leaf = wrong.rpartition(".")
     prefix = f"{parent}." if parent else ""
-    siblings = [c[len(prefix):] for c in candidates if c.startswith(prefix) and "." not in c[len(prefix):]]
+    siblings = [c[len(prefix) :] for c in candidates if c.startswith(prefix) and "." not in c[len(prefix) :]]
     close = [prefix + m for m in difflib.get_close_matches(leaf, siblings, n=1, cutoff=0.7)]
     close = close or difflib.get_close_matches(wrong, candidates, n=1, cutoff=0.85)
     if not close and not parent:
@@ -313,13 +326,20 @@ def config_error_line(command: str, exc: BaseException, overrides: list[str]) ->
         group, option = exc.missing_cfg_file.rsplit("/", 1)
         options = exc.options or group_options(group)
         nearest = _nearest(option, options)
-        return (f"{group}={option}: no such option; {group} takes {', '.join(options)}"
-                + (f" (did you mean {group}={nearest}?)" if nearest else ""))
+        return f"{group}={option}: no such option; {group} takes {', '.join(options)}" + (
+            f" (did you mean {group}={nearest}?)" if nearest else ""
+        )
     if isinstance(exc, OverrideParseException):
-        return (f"cannot read the override {getattr(exc, 'override', '')!r} ({str(exc).splitlines()[0]}); "
-                "quote a value holding brackets, commas or quotes: key='a, b'")
-    if isinstance(cause, (ConfigKeyError, AttributeError)) and getattr(cause, "full_key", None) and \
-            not isinstance(cause, ValidationError) and getattr(cause, "parent_node", None) is not None:
+        return (
+            f"cannot read the override {getattr(exc, 'override', '')!r} ({str(exc).splitlines()[0]}); "
+            "quote a value holding brackets, commas or quotes: key='a, b'"
+        )
+    if (
+        isinstance(cause, (ConfigKeyError, AttributeError))
+        and getattr(cause, "full_key", None)
+        and not isinstance(cause, ValidationError)
+        and getattr(cause, "parent_node", None) is not None
+    ):
         full_key, parent = cause.full_key, cause.parent_node
         owner = getattr(cause, "object_type", None)
         where = f"a key of {owner.__name__}" if isinstance(owner, type) and owner is not dict else "a key there"
@@ -330,7 +350,9 @@ def config_error_line(command: str, exc: BaseException, overrides: list[str]) ->
         siblings = [str(k) for k in parent.keys()]
         return f"{full_key} is not {where}; its keys are {', '.join(siblings)}"
     if isinstance(cause, ValidationError) and getattr(cause, "full_key", None):
-        value = next((o.split("=", 1)[1] for o in overrides if o.lstrip("+~").split("=")[0] == cause.full_key and "=" in o), None)
+        value = next(
+            (o.split("=", 1)[1] for o in overrides if o.lstrip("+~").split("=")[0] == cause.full_key and "=" in o), None
+        )
         message = str(cause).splitlines()[0]
         return f"{cause.full_key}" + (f"={value}" if value is not None else "") + f": {message}"
     match = re.match(r"Could not override '([^']+)'\. No match in the defaults list", str(exc))
@@ -340,8 +362,10 @@ def config_error_line(command: str, exc: BaseException, overrides: list[str]) ->
         if command in ("infer", "evaluate") and group in ("model", "task"):
             value = next((o.split("=", 1)[1] for o in overrides if o.startswith(f"{group}=")), "")
             packaged = _packaged_name(value) if group == "model" else ""
-            hint = (": the model and its task come from run=<finetune run dir> or checkpoint=<model dir or packaged name>"
-                    + (f" ({group}={value}: checkpoint={packaged})" if packaged else ""))
+            hint = (
+                ": the model and its task come from run=<finetune run dir> or checkpoint=<model dir or packaged name>"
+                + (f" ({group}={value}: checkpoint={packaged})" if packaged else "")
+            )
         return f"{command} takes no {group}={hint}; {_what_it_takes(command)}"
     text = " ".join(str(exc).split())
     if isinstance(cause, OmegaConfBaseException):
@@ -375,7 +399,9 @@ def report_config_errors_in_one_line(command: str, overrides: list[str]) -> None
             try:
                 return func()
             except Exception as exc:
-                line = None if getattr(exc, "lmreason_in_command", False) else config_error_line(command, exc, overrides)
+                line = (
+                    None if getattr(exc, "lmreason_in_command", False) else config_error_line(command, exc, overrides)
+                )
                 if line is None:
                     raise
                 print(f"lmreason {command}: error: {line}", file=sys.stderr)
@@ -402,8 +428,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size > 1 and ("-m" in argv or "--multirun" in argv):
-        print("lmreason: -m (multirun) cannot run under torchrun: every process would start its own sweep. "
-              "Sweep without torchrun, or launch one torchrun per job", file=sys.stderr)
+        print(
+            "lmreason: -m (multirun) cannot run under torchrun: every process would start its own sweep. "
+            "Sweep without torchrun, or launch one torchrun per job",
+            file=sys.stderr,
+        )
         return 2
     passive_openmp_wait()  # before the command module (and through it torch) is imported
     module = importlib.import_module(f"lmreason.commands.{command}")

@@ -23,6 +23,8 @@ except ImportError:  # Python 3.10: the same behaviour for what lmreason uses (=
 
         def __format__(self, spec: str) -> str:
             return format(str(self.value), spec)
+
+
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -98,6 +100,8 @@ class AttributionMethod(StrEnum):  # what lmreason.evaluation.attribution comput
     integrated_gradients = "integrated_gradients"  # Captum LayerIntegratedGradients over the input embeddings
     gradient_x_input = "gradient_x_input"  # one backward pass: gradient x (embedding - pad embedding)
     occlusion = "occlusion"  # leave-one-word-out: drop in the predicted label's probability (model-agnostic)
+
+
 class Quantize(StrEnum):  # export.quantize: which graphs lmreason export writes besides the fp32 one
     none = "none"
     int8 = "int8"
@@ -394,7 +398,9 @@ class InferCommandConfig:
     top_k: int = 0
     explain: bool = False
     attribution: AttributionConfig = field(default_factory=AttributionConfig)
-    backend: Any = "torch"  # torch, onnx or onnx-int8 (lmreason.validation checks it: a list gets a hint to use evaluate)
+    backend: Any = (
+        "torch"  # torch, onnx or onnx-int8 (lmreason.validation checks it: a list gets a hint to use evaluate)
+    )
     device: DeviceConfig = field(default_factory=DeviceConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     cache_dir: str = MISSING
@@ -428,7 +434,9 @@ def register_resolvers() -> None:
     from omegaconf import OmegaConf
 
     if not OmegaConf.has_resolver("optuna_direction"):
-        OmegaConf.register_new_resolver("optuna_direction", lambda mode: {"max": "maximize", "min": "minimize"}.get(mode, mode))
+        OmegaConf.register_new_resolver(
+            "optuna_direction", lambda mode: {"max": "maximize", "min": "minimize"}.get(mode, mode)
+        )
 
 
 def open_dicts(schema: type) -> Any:

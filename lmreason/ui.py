@@ -23,8 +23,12 @@ def render_prepare_summary(prepared, out: Console = console) -> None:
     if summary["task"] == "cls":
         table.add_column("labels")
     for name, info in summary["splits"].items():
-        row = [name, f"{info['rows']:,}", f"{info['tokens_p50']} / {info['tokens_p95']} / {info['tokens_max']}",
-               f"{info['truncated_share']:.1%}"]
+        row = [
+            name,
+            f"{info['rows']:,}",
+            f"{info['tokens_p50']} / {info['tokens_p95']} / {info['tokens_max']}",
+            f"{info['truncated_share']:.1%}",
+        ]
         if summary["task"] == "cls":
             labels = info.get("labels", {})
             shown = ", ".join(f"{k}: {v}" for k, v in list(labels.items())[:8])
@@ -47,13 +51,17 @@ def render_banner(recipe, out: Console = console) -> None:
         "model": f"{cfg.model.name_or_path} ({'random init' if cfg.model.from_scratch else 'pretrained'})",
         "data": f"{recipe.data.summary.get('source')}: {len(recipe.train_split):,} train / {len(recipe.val_split):,} validation examples",
         "effective batch": f"{effective} = {t.batch_size} per step x {t.grad_accum_steps} accumulation x {recipe.dist.world_size} process(es)",
-        "steps": f"{recipe.total_steps:,} ({recipe.steps_per_epoch:,} per epoch)" + (f", resuming at {recipe.step:,}" if recipe.step else ""),
+        "steps": f"{recipe.total_steps:,} ({recipe.steps_per_epoch:,} per epoch)"
+        + (f", resuming at {recipe.step:,}" if recipe.step else ""),
         "parameters": f"{counts['trainable']:,} trainable, {counts['frozen']:,} frozen",
         "optimizer": f"{cfg.optimizer.name} lr {cfg.optimizer.lr:g}, {cfg.scheduler.name} schedule, weight decay {cfg.regularization.weight_decay:g}",
         "device": f"{recipe.device} ({recipe.precision}, {_threads()})",
         "fast paths": recipe.fast_paths.describe(),
-        "early stopping": (f"{t.early_stopping.monitor} ({t.early_stopping.mode}), patience {t.early_stopping.patience}"
-                           if t.early_stopping.enabled else "off"),
+        "early stopping": (
+            f"{t.early_stopping.monitor} ({t.early_stopping.mode}), patience {t.early_stopping.patience}"
+            if t.early_stopping.enabled
+            else "off"
+        ),
     }
     for key, value in rows.items():
         table.add_row(key, value)

@@ -45,7 +45,9 @@ def validate_finetune(cfg: DictConfig) -> None:
     _check_device(cfg.device)
     _check_generation(cfg.generation)
     if cfg.task.name == "gen" and cfg.model.arch != "decoder":
-        raise UserError(f"task=gen needs a decoder model; model.arch={cfg.model.arch} (use model=gpt or model=tiny-gpt)")
+        raise UserError(
+            f"task=gen needs a decoder model; model.arch={cfg.model.arch} (use model=gpt or model=tiny-gpt)"
+        )
     if cfg.model.lora.enabled and cfg.task.name != "gen":
         raise UserError("model.lora.enabled=true is supported with task=gen; turn it off for task=cls")
 
@@ -65,7 +67,7 @@ def validate_evaluate(cfg: DictConfig) -> None:
 
 def validate_infer(cfg: DictConfig) -> None:
     if (cfg.text is None) == (cfg.input is None):
-        raise UserError('give exactly one of text="..." (or a list: text=\'[a,b]\') or input=<file>')
+        raise UserError("give exactly one of text=\"...\" (or a list: text='[a,b]') or input=<file>")
     _check_positive("batch_size", cfg.batch_size)
     if cfg.top_k < 0:
         raise UserError(f"top_k={cfg.top_k}: must be >= 0 (0: all labels)")
@@ -83,7 +85,9 @@ def validate_export(cfg: DictConfig) -> None:
     _check_positive("export.check_examples", cfg.export.check_examples)
     _check_positive("export.opset", cfg.export.opset)
     if not cfg.export.tolerance > 0:
-        raise UserError(f"export.tolerance={cfg.export.tolerance}: must be > 0 (the largest accepted |logit difference|)")
+        raise UserError(
+            f"export.tolerance={cfg.export.tolerance}: must be > 0 (the largest accepted |logit difference|)"
+        )
     if not 0.0 <= cfg.export.int8_min_agreement <= 1.0:
         raise UserError(f"export.int8_min_agreement={cfg.export.int8_min_agreement}: a share, in [0, 1]")
     if not 0.0 <= cfg.export.int8_max_acc_drop <= 1.0:
@@ -113,8 +117,10 @@ def _check_model(model_cfg: DictConfig) -> None:
         if lora.rank < 1:
             raise UserError(f"model.lora.rank={lora.rank}: must be >= 1")
         if model_cfg.from_scratch and not lora.save_merged:
-            raise UserError("model.lora.save_merged=false with model.from_scratch=true: an adapter alone cannot rebuild "
-                            "a random-init base; save merged weights or start from pretrained weights")
+            raise UserError(
+                "model.lora.save_merged=false with model.from_scratch=true: an adapter alone cannot rebuild "
+                "a random-init base; save merged weights or start from pretrained weights"
+            )
         if not 0.0 <= lora.dropout < 1.0:
             raise UserError(f"model.lora.dropout={lora.dropout}: a dropout probability must be in [0, 1)")
 
@@ -125,7 +131,9 @@ def _check_task(task_cfg: DictConfig) -> None:
     template = task_cfg.get("prompt_template")
     # the plain format, used when the tokenizer has no chat template (or use_chat_template=false)
     if template is not None and "{prompt}" not in template:
-        raise UserError(f"task.prompt_template={template!r} has no {{prompt}} placeholder; add one, e.g. 'Question: {{prompt}}\\nAnswer: '")
+        raise UserError(
+            f"task.prompt_template={template!r} has no {{prompt}} placeholder; add one, e.g. 'Question: {{prompt}}\\nAnswer: '"
+        )
     if task_cfg.get("generate_every_evals", 0) < 0:
         raise UserError(f"task.generate_every_evals={task_cfg.generate_every_evals}: must be >= 0 (0: never)")
     _check_positive("task.generate_samples", task_cfg.get("generate_samples"))
@@ -137,7 +145,9 @@ def _check_data(data_cfg: DictConfig, task_name: str | None) -> None:
     from lmreason.data.reasoning import check_request
 
     # the generator's own checks (task name, sizes, settings): here they run before a tokenizer is loaded
-    check_request(data_cfg.task, data_cfg.sizes, data_cfg.seed, data_cfg.id_config, data_cfg.ood_config, task_name or "cls")
+    check_request(
+        data_cfg.task, data_cfg.sizes, data_cfg.seed, data_cfg.id_config, data_cfg.ood_config, task_name or "cls"
+    )
 
 
 def _check_train(t: DictConfig) -> None:
@@ -171,9 +181,13 @@ def _check_optimization(opt_cfg: DictConfig, sched_cfg: DictConfig, reg_cfg: Dic
     if opt_cfg.momentum < 0:
         raise UserError(f"optimizer.momentum={opt_cfg.momentum}: must be >= 0")
     if sched_cfg.warmup_steps < 0:
-        raise UserError(f"scheduler.warmup_steps={sched_cfg.warmup_steps}: must be >= 0 (a fraction < 1 or a step count)")
+        raise UserError(
+            f"scheduler.warmup_steps={sched_cfg.warmup_steps}: must be >= 0 (a fraction < 1 or a step count)"
+        )
     if not 0.0 <= sched_cfg.min_lr_ratio <= 1.0:
-        raise UserError(f"scheduler.min_lr_ratio={sched_cfg.min_lr_ratio}: must be in [0, 1] (a fraction of the peak lr)")
+        raise UserError(
+            f"scheduler.min_lr_ratio={sched_cfg.min_lr_ratio}: must be in [0, 1] (a fraction of the peak lr)"
+        )
     if reg_cfg.weight_decay < 0:
         raise UserError(f"regularization.weight_decay={reg_cfg.weight_decay}: must be >= 0")
     for key in ("hidden_dropout", "attention_dropout"):
@@ -204,12 +218,16 @@ def _check_backends(value, several: bool) -> None:
     names = list(value) if isinstance(value, (list, ListConfig)) else [value]
     allowed = ("torch", "onnx", "onnx-int8")  # lmreason.evaluation.onnx_backend.BACKENDS (not imported: numpy)
     if isinstance(value, (list, ListConfig)) and not several:
-        raise UserError(f"backend={list(value)}: infer takes one backend ({', '.join(allowed)}); "
-                        "compare backends with lmreason evaluate backend=[torch,onnx-int8]")
+        raise UserError(
+            f"backend={list(value)}: infer takes one backend ({', '.join(allowed)}); "
+            "compare backends with lmreason evaluate backend=[torch,onnx-int8]"
+        )
     for name in names:
         if str(name) not in allowed:
-            raise UserError(f"backend={name}: not a backend; choose {', '.join(allowed)}"
-                            + (" (or a list: backend=[torch,onnx-int8])" if several else ""))
+            raise UserError(
+                f"backend={name}: not a backend; choose {', '.join(allowed)}"
+                + (" (or a list: backend=[torch,onnx-int8])" if several else "")
+            )
     if len(set(map(str, names))) != len(names) or not names:
         raise UserError(f"backend={list(names)}: give each backend once")
 
@@ -218,4 +236,6 @@ def _check_generation(gen_cfg: DictConfig) -> None:
     if gen_cfg.max_new_tokens < 1 or gen_cfg.batch_size < 1:
         raise UserError("generation.max_new_tokens and generation.batch_size must be >= 1")
     if gen_cfg.do_sample and not (gen_cfg.temperature > 0 and 0 < gen_cfg.top_p <= 1):
-        raise UserError(f"generation.temperature={gen_cfg.temperature}, top_p={gen_cfg.top_p}: sampling needs temperature > 0 and 0 < top_p <= 1")
+        raise UserError(
+            f"generation.temperature={gen_cfg.temperature}, top_p={gen_cfg.top_p}: sampling needs temperature > 0 and 0 < top_p <= 1"
+        )

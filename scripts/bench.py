@@ -48,25 +48,34 @@ TARGETS = {  # ratio lmreason / HF (higher is better) unless noted; issue 6 item
     "train_defaults_speedup": 4.0,
     "evaluate_speedup": 1.5,
     "infer_speedup": 2.0,
-    "train_memory_ratio": 1.0,        # lmreason / Trainer peak memory: at most
-    "help_s": 0.5,                    # `lmreason --help` wall time: at most
-    "finetune_help_s": 3.0,           # `lmreason finetune --help` wall time: at most
+    "train_memory_ratio": 1.0,  # lmreason / Trainer peak memory: at most
+    "help_s": 0.5,  # `lmreason --help` wall time: at most
+    "finetune_help_s": 3.0,  # `lmreason finetune --help` wall time: at most
     "mfu_fp32": 0.60,
     "mfu_bf16": 0.40,
-    "accuracy_points": 1.0,           # lmreason dev accuracy >= Trainer's minus this many points
+    "accuracy_points": 1.0,  # lmreason dev accuracy >= Trainer's minus this many points
 }
 
 
 # =========================================================================== parent: orchestration
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "sst2"),
-                   help="a dir of train.* and dev.*/validation.* files, or one CSV (split 80/10/10) (default: ../shared/data/sst2)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--data",
+        default=str(REPO.parent / "shared" / "data" / "sst2"),
+        help="a dir of train.* and dev.*/validation.* files, or one CSV (split 80/10/10) (default: ../shared/data/sst2)",
+    )
     p.add_argument("--text-column", default="text")
     p.add_argument("--label-column", default="label")
     p.add_argument("--train-rows", type=int, default=4000, help="seeded training subset (0: all)")
     p.add_argument("--val-rows", type=int, default=0, help="seeded dev subset (0: all)")
-    p.add_argument("--model", default=PACKAGED_BERT, help="packaged name, local model dir or hub id (default: lmreason's model=bert)")
+    p.add_argument(
+        "--model",
+        default=PACKAGED_BERT,
+        help="packaged name, local model dir or hub id (default: lmreason's model=bert)",
+    )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--eval-batch-size", type=int, default=64, help="evaluate phase and validation, both sides")
     p.add_argument("--infer-batch-size", type=int, default=32, help="infer phase, both sides")
@@ -74,21 +83,40 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=0.06, help="warmup: fraction of steps (< 1) or steps, both sides")
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
-                   help="same-settings precision (auto: bf16 on CUDA, fp32 on the CPU)")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "fp32", "bf16"),
+        help="same-settings precision (auto: bf16 on CUDA, fp32 on the CPU)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch threads, both sides (default: torch's own)")
-    p.add_argument("--fast-paths", default="on", choices=("on", "off"),
-                   help="lmreason's CPU fast paths (device.fast_paths): off measures the unpatched computation")
+    p.add_argument(
+        "--fast-paths",
+        default="on",
+        choices=("on", "off"),
+        help="lmreason's CPU fast paths (device.fast_paths): off measures the unpatched computation",
+    )
     p.add_argument("--reps", type=int, default=3, help="repetitions of each timed training pair (medians are reported)")
-    p.add_argument("--eval-reps", type=int, default=5,
-                   help="repetitions of each evaluate and infer pair (a few seconds each: more of them steady the median)")
+    p.add_argument(
+        "--eval-reps",
+        type=int,
+        default=5,
+        help="repetitions of each evaluate and infer pair (a few seconds each: more of them steady the median)",
+    )
     p.add_argument("--startup-reps", type=int, default=5)
-    p.add_argument("--phases", default="ceiling,train,evaluate,infer,startup",
-                   help="comma list of ceiling,train,evaluate,infer,startup")
+    p.add_argument(
+        "--phases",
+        default="ceiling,train,evaluate,infer,startup",
+        help="comma list of ceiling,train,evaluate,infer,startup",
+    )
     p.add_argument("--comparisons", default="same,defaults", help="comma list of same,defaults")
-    p.add_argument("--workdir", default=None, help="scratch dir for data, runs and logs (default: outputs/bench/<time>)")
+    p.add_argument(
+        "--workdir", default=None, help="scratch dir for data, runs and logs (default: outputs/bench/<time>)"
+    )
     p.add_argument("--out", default=None, help="JSON results file (default: <workdir>/bench.json)")
-    p.add_argument("--quick", action="store_true", help="tiny random model and a handful of examples: checks the plumbing")
+    p.add_argument(
+        "--quick", action="store_true", help="tiny random model and a handful of examples: checks the plumbing"
+    )
     p.add_argument("--child", nargs=2, metavar=("KIND", "SPEC"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
@@ -108,10 +136,17 @@ class Bench:
         (self.workdir / "logs").mkdir(exist_ok=True)
         self.out = Path(args.out).resolve() if args.out else self.workdir / "bench.json"
         self.env = dict(os.environ)
-        self.env.update({"LMREASON_CACHE_DIR": self.env.get("LMREASON_CACHE_DIR", str(self.workdir / "cache")),
-                         "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-                         "PYTHONHASHSEED": "0", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-                         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))})
+        self.env.update(
+            {
+                "LMREASON_CACHE_DIR": self.env.get("LMREASON_CACHE_DIR", str(self.workdir / "cache")),
+                "HF_HUB_OFFLINE": "1",
+                "HF_DATASETS_OFFLINE": "1",
+                "TOKENIZERS_PARALLELISM": "false",
+                "PYTHONHASHSEED": "0",
+                "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+            }
+        )
         self.loads: list[float] = []
         self.count = 0
         self.results: dict = {"phases": {}}
@@ -151,14 +186,25 @@ class Bench:
         phases = set(a.phases.split(","))
         comparisons = [c for c in a.comparisons.split(",") if c]
         load_start = os.getloadavg()
-        print(f"bench: work dir {self.workdir}; load average {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f}", flush=True)
+        print(
+            f"bench: work dir {self.workdir}; load average {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f}",
+            flush=True,
+        )
         if load_start[0] > 0.5:
             print("bench: warning: the machine is busy (1-minute load > 0.5); timings will be noisy", flush=True)
         setup = self.setup()
-        self.results.update({"machine": setup["machine"], "settings": self.settings(setup), "data": setup["data"],
-                             "model": setup["model"]})
+        self.results.update(
+            {
+                "machine": setup["machine"],
+                "settings": self.settings(setup),
+                "data": setup["data"],
+                "model": setup["model"],
+            }
+        )
         if "ceiling" in phases:
-            self.results["phases"]["ceiling"] = self.child("matmul", {"quick": a.quick, "threads": a.threads}, "ceiling")
+            self.results["phases"]["ceiling"] = self.child(
+                "matmul", {"quick": a.quick, "threads": a.threads}, "ceiling"
+            )
         runs = {}
         if "train" in phases or "evaluate" in phases or "infer" in phases:
             train_comparisons = comparisons if "train" in phases else ["same"]
@@ -171,9 +217,13 @@ class Bench:
         if "startup" in phases:
             self.results["phases"]["startup"] = self.startup()
         load_end = os.getloadavg()
-        self.results["load"] = {"start": list(load_start), "end": list(load_end), "per_run_1min": self.loads,
-                                "max_1min": max(self.loads + [load_start[0], load_end[0]]),
-                                "median_1min": statistics.median(self.loads) if self.loads else load_start[0]}
+        self.results["load"] = {
+            "start": list(load_start),
+            "end": list(load_end),
+            "per_run_1min": self.loads,
+            "max_1min": max(self.loads + [load_start[0], load_end[0]]),
+            "median_1min": statistics.median(self.loads) if self.loads else load_start[0],
+        }
         self.results["summary"] = summarize(self.results)
         self.results["command"] = " ".join(["python scripts/bench.py", *sys.argv[1:]])
         self.results["git"] = git_revision()
@@ -185,11 +235,26 @@ class Bench:
 
     def settings(self, setup: dict) -> dict:
         a = self.args
-        return {"model": setup["model"]["path"], "data": a.data if not a.quick else "synthetic (quick)",
-                "train_rows": setup["data"]["train_rows"], "val_rows": setup["data"]["val_rows"],
-                "batch_size": a.batch_size, "eval_batch_size": a.eval_batch_size, "infer_batch_size": a.infer_batch_size,
-                "lr": a.lr, "warmup": a.warmup, "schedule": "linear", "epochs": a.epochs, "max_length": a.max_length,
-                "precision_same": setup["precision"], "threads": a.threads, "fast_paths": a.fast_paths, "reps": a.reps, "eval_reps": a.eval_reps, "quick": a.quick}
+        return {
+            "model": setup["model"]["path"],
+            "data": a.data if not a.quick else "synthetic (quick)",
+            "train_rows": setup["data"]["train_rows"],
+            "val_rows": setup["data"]["val_rows"],
+            "batch_size": a.batch_size,
+            "eval_batch_size": a.eval_batch_size,
+            "infer_batch_size": a.infer_batch_size,
+            "lr": a.lr,
+            "warmup": a.warmup,
+            "schedule": "linear",
+            "epochs": a.epochs,
+            "max_length": a.max_length,
+            "precision_same": setup["precision"],
+            "threads": a.threads,
+            "fast_paths": a.fast_paths,
+            "reps": a.reps,
+            "eval_reps": a.eval_reps,
+            "quick": a.quick,
+        }
 
     def setup(self) -> dict:
         a = self.args
@@ -197,13 +262,24 @@ class Bench:
             data_dir = write_quick_data(self.workdir / "quick-data")
             data_overrides = ["data=local", f"data.path={data_dir}"]
         else:
-            data_overrides = ["data=local", f"data.path={Path(a.data).resolve()}", f"data.text_column={a.text_column}",
-                              f"data.label_column={a.label_column}", "data.name=bench"]
+            data_overrides = [
+                "data=local",
+                f"data.path={Path(a.data).resolve()}",
+                f"data.text_column={a.text_column}",
+                f"data.label_column={a.label_column}",
+                "data.name=bench",
+            ]
         rows = {k: v for k, v in (("train", a.train_rows), ("validation", a.val_rows)) if v}
         if rows:
             data_overrides.append("++data.max_rows={" + ", ".join(f"{k}: {v}" for k, v in rows.items()) + "}")
-        spec = {"workdir": str(self.workdir), "model": a.model, "quick": a.quick, "max_length": a.max_length,
-                "data_overrides": data_overrides, "precision": a.precision}
+        spec = {
+            "workdir": str(self.workdir),
+            "model": a.model,
+            "quick": a.quick,
+            "max_length": a.max_length,
+            "data_overrides": data_overrides,
+            "precision": a.precision,
+        }
         setup = self.child("setup", spec, "setup (prepare + export data)")
         setup["data_overrides"] = data_overrides
         return setup
@@ -211,24 +287,49 @@ class Bench:
     def lmreason_common(self, setup: dict) -> list[str]:
         a = self.args
         model = ["model=bert", f"model.name_or_path={setup['model']['path']}"]
-        return [*model, f"model.max_length={a.max_length}", *setup["data_overrides"], f"train.epochs={a.epochs}",
-                f"train.batch_size={a.batch_size}", f"optimizer.lr={a.lr}", f"device.fast_paths={a.fast_paths == 'on'}"]
+        return [
+            *model,
+            f"model.max_length={a.max_length}",
+            *setup["data_overrides"],
+            f"train.epochs={a.epochs}",
+            f"train.batch_size={a.batch_size}",
+            f"optimizer.lr={a.lr}",
+            f"device.fast_paths={a.fast_paths == 'on'}",
+        ]
 
     def train(self, setup: dict, comparisons: list[str], reps: int) -> tuple[dict, dict]:
         a = self.args
         precision = setup["precision"]
         threads = [f"device.threads={a.threads}"] if a.threads else []
         lm_args = {
-            "same": [*self.lmreason_common(setup), f"device.precision={precision}", "train.length_grouping=true",
-                     f"scheduler.warmup_steps={a.warmup}", f"train.eval_batch_size={a.eval_batch_size}", *threads],
+            "same": [
+                *self.lmreason_common(setup),
+                f"device.precision={precision}",
+                "train.length_grouping=true",
+                f"scheduler.warmup_steps={a.warmup}",
+                f"train.eval_batch_size={a.eval_batch_size}",
+                *threads,
+            ],
             "defaults": [*self.lmreason_common(setup), *threads],
         }
-        hf_spec = {"model": setup["model"]["path"], "data_dir": setup["data"]["dir"], "max_length": a.max_length,
-                   "batch_size": a.batch_size, "epochs": a.epochs, "lr": a.lr, "threads": a.threads,
-                   "label_names": setup["data"]["label_names"]}
+        hf_spec = {
+            "model": setup["model"]["path"],
+            "data_dir": setup["data"]["dir"],
+            "max_length": a.max_length,
+            "batch_size": a.batch_size,
+            "epochs": a.epochs,
+            "lr": a.lr,
+            "threads": a.threads,
+            "label_names": setup["data"]["label_names"],
+        }
         hf_args = {
-            "same": {**hf_spec, "mode": "same", "bf16": precision == "bf16", "warmup": a.warmup,
-                     "eval_batch_size": a.eval_batch_size},
+            "same": {
+                **hf_spec,
+                "mode": "same",
+                "bf16": precision == "bf16",
+                "warmup": a.warmup,
+                "eval_batch_size": a.eval_batch_size,
+            },
             "defaults": {**hf_spec, "mode": "defaults"},
         }
         out, runs = {}, {}
@@ -237,17 +338,27 @@ class Bench:
             out[comparison] = {"lmreason": [], "trainer": []}
         for rep in range(reps):
             for comparison in comparisons:
-                sides = ["lmreason", "trainer"] if (rep + comparisons.index(comparison)) % 2 == 0 else ["trainer", "lmreason"]
+                sides = (
+                    ["lmreason", "trainer"]
+                    if (rep + comparisons.index(comparison)) % 2 == 0
+                    else ["trainer", "lmreason"]
+                )
                 for side in sides:
                     name = f"train {comparison} {side} #{rep + 1}"
                     if side == "lmreason":
                         run_dir = self.workdir / "runs" / f"lmreason-{comparison}-{rep + 1}"
                         r = self.lmreason(["finetune", *lm_args[comparison], f"hydra.run.dir={run_dir}"], name)
                         metrics = json.loads((run_dir / "metrics.json").read_text())
-                        r.update({"run_dir": str(run_dir), "samples_per_s": metrics["train_samples_per_s"],
-                                  "tokens_per_s": metrics["train_tokens_per_s"], "train_tokens": metrics["train_tokens"],
-                                  "accuracy": (metrics.get("last_val") or metrics["val"]).get("val/acc"),
-                                  "precision": metrics["precision"]})
+                        r.update(
+                            {
+                                "run_dir": str(run_dir),
+                                "samples_per_s": metrics["train_samples_per_s"],
+                                "tokens_per_s": metrics["train_tokens_per_s"],
+                                "train_tokens": metrics["train_tokens"],
+                                "accuracy": (metrics.get("last_val") or metrics["val"]).get("val/acc"),
+                                "precision": metrics["precision"],
+                            }
+                        )
                     else:
                         model_dir = self.workdir / "runs" / f"trainer-{comparison}-{rep + 1}"
                         r = self.child("trainer-train", {**hf_args[comparison], "output_dir": str(model_dir)}, name)
@@ -256,8 +367,10 @@ class Bench:
                     if rep == 0:
                         runs[(comparison, side)] = r
         for comparison in comparisons:
-            out[comparison] = {side: aggregate(rs, ("samples_per_s", "tokens_per_s", "accuracy", "memory_mb", "wall_s"))
-                               | {"runs": rs} for side, rs in out[comparison].items()}
+            out[comparison] = {
+                side: aggregate(rs, ("samples_per_s", "tokens_per_s", "accuracy", "memory_mb", "wall_s")) | {"runs": rs}
+                for side, rs in out[comparison].items()
+            }
         return out, runs
 
     def evaluate(self, setup: dict, runs: dict) -> dict:
@@ -268,20 +381,39 @@ class Bench:
         out = {"lmreason": [], "trainer": []}
         print(f"evaluate: {a.eval_reps} repetition(s), batch {a.eval_batch_size}", flush=True)
         for rep in range(a.eval_reps):
-            for side in (["lmreason", "trainer"] if rep % 2 == 0 else ["trainer", "lmreason"]):
+            for side in ["lmreason", "trainer"] if rep % 2 == 0 else ["trainer", "lmreason"]:
                 name = f"evaluate {side} #{rep + 1}"
                 if side == "lmreason":
                     eval_dir = self.workdir / "runs" / f"evaluate-{rep + 1}"
-                    r = self.lmreason(["evaluate", f"run={lm_run['run_dir']}", "split=validation", "compare_ood=false",
-                                       f"batch_size={a.eval_batch_size}", f"device.precision={precision}", *threads,
-                                       f"hydra.run.dir={eval_dir}"], name)
+                    r = self.lmreason(
+                        [
+                            "evaluate",
+                            f"run={lm_run['run_dir']}",
+                            "split=validation",
+                            "compare_ood=false",
+                            f"batch_size={a.eval_batch_size}",
+                            f"device.precision={precision}",
+                            *threads,
+                            f"hydra.run.dir={eval_dir}",
+                        ],
+                        name,
+                    )
                     metrics = json.loads((Path(lm_run["run_dir"]) / "eval" / "validation" / "metrics.json").read_text())
                     r.update({"samples_per_s": metrics["samples_per_s"], "accuracy": metrics["acc"]})
                 else:
-                    r = self.child("trainer-evaluate", {"model": hf_run["output_dir"], "data_dir": setup["data"]["dir"],
-                                                         "max_length": a.max_length, "eval_batch_size": a.eval_batch_size,
-                                                         "bf16": precision == "bf16", "threads": a.threads,
-                                                         "label_names": setup["data"]["label_names"]}, name)
+                    r = self.child(
+                        "trainer-evaluate",
+                        {
+                            "model": hf_run["output_dir"],
+                            "data_dir": setup["data"]["dir"],
+                            "max_length": a.max_length,
+                            "eval_batch_size": a.eval_batch_size,
+                            "bf16": precision == "bf16",
+                            "threads": a.threads,
+                            "label_names": setup["data"]["label_names"],
+                        },
+                        name,
+                    )
                 out[side].append(r)
         return {side: aggregate(rs, ("samples_per_s", "accuracy", "wall_s")) | {"runs": rs} for side, rs in out.items()}
 
@@ -292,24 +424,46 @@ class Bench:
         lm_run, hf_run = runs[("same", "lmreason")], runs[("same", "trainer")]
         inputs = setup["data"]["infer_input"]
         out = {"lmreason": [], "pipeline": []}
-        print(f"infer: {a.eval_reps} repetition(s), batch {a.infer_batch_size}, {setup['data']['val_rows']} texts", flush=True)
+        print(
+            f"infer: {a.eval_reps} repetition(s), batch {a.infer_batch_size}, {setup['data']['val_rows']} texts",
+            flush=True,
+        )
         for rep in range(a.eval_reps):
-            for side in (["lmreason", "pipeline"] if rep % 2 == 0 else ["pipeline", "lmreason"]):
+            for side in ["lmreason", "pipeline"] if rep % 2 == 0 else ["pipeline", "lmreason"]:
                 name = f"infer {side} #{rep + 1}"
                 if side == "lmreason":
                     predictions = self.workdir / "runs" / f"infer-{rep + 1}.jsonl"
-                    r = self.lmreason(["infer", f"run={lm_run['run_dir']}", f"input={inputs}", f"output={predictions}",
-                                       f"batch_size={a.infer_batch_size}", f"device.precision={precision}", *threads,
-                                       f"hydra.run.dir={self.workdir / 'runs' / f'infer-{rep + 1}'}"], name)
+                    r = self.lmreason(
+                        [
+                            "infer",
+                            f"run={lm_run['run_dir']}",
+                            f"input={inputs}",
+                            f"output={predictions}",
+                            f"batch_size={a.infer_batch_size}",
+                            f"device.precision={precision}",
+                            *threads,
+                            f"hydra.run.dir={self.workdir / 'runs' / f'infer-{rep + 1}'}",
+                        ],
+                        name,
+                    )
                     match = re.search(r"(\d+) predictions in ([0-9.]+) s", Path(r["log"]).read_text())
                     if not match:
                         raise SystemExit(f"bench: no timing line in {r['log']} (expected 'N predictions in S s')")
                     r.update({"samples": int(match.group(1)), "seconds": float(match.group(2))})
                     r["samples_per_s"] = r["samples"] / r["seconds"]
                 else:
-                    r = self.child("pipeline-infer", {"model": hf_run["output_dir"], "input": inputs, "max_length": a.max_length,
-                                                       "batch_size": a.infer_batch_size, "bf16": precision == "bf16",
-                                                       "threads": a.threads}, name)
+                    r = self.child(
+                        "pipeline-infer",
+                        {
+                            "model": hf_run["output_dir"],
+                            "input": inputs,
+                            "max_length": a.max_length,
+                            "batch_size": a.infer_batch_size,
+                            "bf16": precision == "bf16",
+                            "threads": a.threads,
+                        },
+                        name,
+                    )
                 out[side].append(r)
         return {side: aggregate(rs, ("samples_per_s", "wall_s")) | {"runs": rs} for side, rs in out.items()}
 
@@ -317,13 +471,22 @@ class Bench:
         exe = shutil.which("lmreason")
         base = [exe] if exe else [sys.executable, "-m", "lmreason"]
         out = {"command": " ".join(base)}
-        print(f"startup: {self.args.startup_reps} repetition(s) of {out['command']} --help and finetune --help", flush=True)
+        print(
+            f"startup: {self.args.startup_reps} repetition(s) of {out['command']} --help and finetune --help",
+            flush=True,
+        )
         for key, extra in (("help_s", ["--help"]), ("finetune_help_s", ["finetune", "--help"])):
             times = []
             for _ in range(self.args.startup_reps):
                 began = time.perf_counter()
-                subprocess.run([*base, *extra], cwd=self.workdir, env=self.env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, check=True)
+                subprocess.run(
+                    [*base, *extra],
+                    cwd=self.workdir,
+                    env=self.env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    check=True,
+                )
                 times.append(time.perf_counter() - began)
             out[key] = statistics.median(times)
             out[key + "_all"] = times
@@ -353,7 +516,10 @@ def summarize(results: dict) -> dict:
         lm, hf = sides["lmreason"], sides["trainer"]
         s[f"train_{comparison}_speedup"] = ratio(lm["samples_per_s"], hf["samples_per_s"])
         s[f"train_{comparison}_accuracy_delta_points"] = (
-            100 * (lm["accuracy"] - hf["accuracy"]) if lm["accuracy"] is not None and hf["accuracy"] is not None else None)
+            100 * (lm["accuracy"] - hf["accuracy"])
+            if lm["accuracy"] is not None and hf["accuracy"] is not None
+            else None
+        )
         s[f"train_{comparison}_memory_ratio"] = ratio(lm["memory_mb"], hf["memory_mb"])
         precision = lm["runs"][0].get("precision")
         rate = ceiling.get(f"{precision}_gflops")
@@ -362,9 +528,13 @@ def summarize(results: dict) -> dict:
             s[f"train_{comparison}_{side}_mfu"] = 6 * params * tokens / (rate * 1e9) if tokens and rate else None
         s[f"train_{comparison}_precision"] = precision
     if "evaluate" in phases:
-        s["evaluate_speedup"] = ratio(phases["evaluate"]["lmreason"]["samples_per_s"], phases["evaluate"]["trainer"]["samples_per_s"])
+        s["evaluate_speedup"] = ratio(
+            phases["evaluate"]["lmreason"]["samples_per_s"], phases["evaluate"]["trainer"]["samples_per_s"]
+        )
     if "infer" in phases:
-        s["infer_speedup"] = ratio(phases["infer"]["lmreason"]["samples_per_s"], phases["infer"]["pipeline"]["samples_per_s"])
+        s["infer_speedup"] = ratio(
+            phases["infer"]["lmreason"]["samples_per_s"], phases["infer"]["pipeline"]["samples_per_s"]
+        )
     if "startup" in phases:
         s["help_s"], s["finetune_help_s"] = phases["startup"]["help_s"], phases["startup"]["finetune_help_s"]
     checks = {}
@@ -376,9 +546,17 @@ def summarize(results: dict) -> dict:
     check("train_same_speedup", s.get("train_same_speedup"), TARGETS["train_same_speedup"])
     check("train_defaults_speedup", s.get("train_defaults_speedup"), TARGETS["train_defaults_speedup"])
     for comparison in ("same", "defaults"):
-        check(f"train_{comparison}_accuracy_delta_points", s.get(f"train_{comparison}_accuracy_delta_points"),
-              -TARGETS["accuracy_points"])
-        check(f"train_{comparison}_memory_ratio", s.get(f"train_{comparison}_memory_ratio"), TARGETS["train_memory_ratio"], False)
+        check(
+            f"train_{comparison}_accuracy_delta_points",
+            s.get(f"train_{comparison}_accuracy_delta_points"),
+            -TARGETS["accuracy_points"],
+        )
+        check(
+            f"train_{comparison}_memory_ratio",
+            s.get(f"train_{comparison}_memory_ratio"),
+            TARGETS["train_memory_ratio"],
+            False,
+        )
     check("evaluate_speedup", s.get("evaluate_speedup"), TARGETS["evaluate_speedup"])
     check("infer_speedup", s.get("infer_speedup"), TARGETS["infer_speedup"])
     check("help_s", s.get("help_s"), TARGETS["help_s"], False)
@@ -410,46 +588,105 @@ def render_table(results: dict) -> str:
     for comparison, sides in phases.get("train", {}).items():
         lm, hf = sides["lmreason"], sides["trainer"]
         prec = s.get(f"train_{comparison}_precision")
-        rows.append((f"train {comparison} ({prec}) samples/s", fmt(lm["samples_per_s"]), fmt(hf["samples_per_s"]),
-                     fmt(s[f"train_{comparison}_speedup"], ".2f") + "x", mark(f"train_{comparison}_speedup")))
-        rows.append((f"train {comparison} dev accuracy", fmt(lm["accuracy"], ".4f"), fmt(hf["accuracy"], ".4f"),
-                     fmt(s[f"train_{comparison}_accuracy_delta_points"], "+.1f") + " pt", mark(f"train_{comparison}_accuracy_delta_points")))
-        rows.append((f"train {comparison} peak memory MB", fmt(lm["memory_mb"], ".0f"), fmt(hf["memory_mb"], ".0f"),
-                     fmt(s[f"train_{comparison}_memory_ratio"], ".2f"), mark(f"train_{comparison}_memory_ratio")))
+        rows.append(
+            (
+                f"train {comparison} ({prec}) samples/s",
+                fmt(lm["samples_per_s"]),
+                fmt(hf["samples_per_s"]),
+                fmt(s[f"train_{comparison}_speedup"], ".2f") + "x",
+                mark(f"train_{comparison}_speedup"),
+            )
+        )
+        rows.append(
+            (
+                f"train {comparison} dev accuracy",
+                fmt(lm["accuracy"], ".4f"),
+                fmt(hf["accuracy"], ".4f"),
+                fmt(s[f"train_{comparison}_accuracy_delta_points"], "+.1f") + " pt",
+                mark(f"train_{comparison}_accuracy_delta_points"),
+            )
+        )
+        rows.append(
+            (
+                f"train {comparison} peak memory MB",
+                fmt(lm["memory_mb"], ".0f"),
+                fmt(hf["memory_mb"], ".0f"),
+                fmt(s[f"train_{comparison}_memory_ratio"], ".2f"),
+                mark(f"train_{comparison}_memory_ratio"),
+            )
+        )
         mfu_lm, mfu_hf = s.get(f"train_{comparison}_lmreason_mfu"), s.get(f"train_{comparison}_trainer_mfu")
-        rows.append((f"train {comparison} MFU", fmt(mfu_lm and 100 * mfu_lm) + "%", fmt(mfu_hf and 100 * mfu_hf) + "%", "",
-                     mark(f"mfu_{prec}") if comparison == "same" else ""))
+        rows.append(
+            (
+                f"train {comparison} MFU",
+                fmt(mfu_lm and 100 * mfu_lm) + "%",
+                fmt(mfu_hf and 100 * mfu_hf) + "%",
+                "",
+                mark(f"mfu_{prec}") if comparison == "same" else "",
+            )
+        )
     if "evaluate" in phases:
         e = phases["evaluate"]
-        rows.append(("evaluate samples/s", fmt(e["lmreason"]["samples_per_s"]), fmt(e["trainer"]["samples_per_s"]),
-                     fmt(s["evaluate_speedup"], ".2f") + "x", mark("evaluate_speedup")))
+        rows.append(
+            (
+                "evaluate samples/s",
+                fmt(e["lmreason"]["samples_per_s"]),
+                fmt(e["trainer"]["samples_per_s"]),
+                fmt(s["evaluate_speedup"], ".2f") + "x",
+                mark("evaluate_speedup"),
+            )
+        )
     if "infer" in phases:
         i = phases["infer"]
-        rows.append(("infer samples/s (vs pipeline)", fmt(i["lmreason"]["samples_per_s"]), fmt(i["pipeline"]["samples_per_s"]),
-                     fmt(s["infer_speedup"], ".2f") + "x", mark("infer_speedup")))
+        rows.append(
+            (
+                "infer samples/s (vs pipeline)",
+                fmt(i["lmreason"]["samples_per_s"]),
+                fmt(i["pipeline"]["samples_per_s"]),
+                fmt(s["infer_speedup"], ".2f") + "x",
+                mark("infer_speedup"),
+            )
+        )
     if "startup" in phases:
         rows.append(("lmreason --help s", fmt(s["help_s"], ".2f"), "", "", mark("help_s")))
         rows.append(("lmreason finetune --help s", fmt(s["finetune_help_s"], ".2f"), "", "", mark("finetune_help_s")))
     if "ceiling" in phases:
         c = phases["ceiling"]
-        rows.append(("matmul GFLOP/s fp32 / bf16", f"{fmt(c.get('fp32_gflops'), '.0f')} / {fmt(c.get('bf16_gflops'), '.0f')}",
-                     "", "", c.get("device", "")))
+        rows.append(
+            (
+                "matmul GFLOP/s fp32 / bf16",
+                f"{fmt(c.get('fp32_gflops'), '.0f')} / {fmt(c.get('bf16_gflops'), '.0f')}",
+                "",
+                "",
+                c.get("device", ""),
+            )
+        )
     widths = [max(len(str(r[i])) for r in rows) for i in range(5)]
-    lines = ["  ".join(str(cell).ljust(w) if i == 0 else str(cell).rjust(w) for i, (cell, w) in enumerate(zip(r, widths))).rstrip()
-             for r in rows]
+    lines = [
+        "  ".join(
+            str(cell).ljust(w) if i == 0 else str(cell).rjust(w) for i, (cell, w) in enumerate(zip(r, widths))
+        ).rstrip()
+        for r in rows
+    ]
     lines.insert(1, "-" * len(lines[0]))
     m, load = results["machine"], results["load"]
-    footer = (f"machine: {m['cpu']} ({m['cores']} cores){', ' + m['gpu'] if m.get('gpu') else ''}; torch {m['torch']}, "
-              f"transformers {m['transformers']}; load average 1 min: start {load['start'][0]:.2f}, "
-              f"median {load['median_1min']:.2f}, max {load['max_1min']:.2f}")
+    footer = (
+        f"machine: {m['cpu']} ({m['cores']} cores){', ' + m['gpu'] if m.get('gpu') else ''}; torch {m['torch']}, "
+        f"transformers {m['transformers']}; load average 1 min: start {load['start'][0]:.2f}, "
+        f"median {load['median_1min']:.2f}, max {load['max_1min']:.2f}"
+    )
     return "\n".join(lines + [footer])
 
 
 def git_revision() -> str | None:
     """The commit benchmarked (+ "-dirty" when the tree has changes), if this is a git checkout."""
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip()
         return head + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return None
@@ -505,8 +742,9 @@ def child_setup(spec: dict) -> dict:
     workdir = Path(spec["workdir"])
     path = resolve_model_path(spec["model"])
     if spec["quick"]:
-        config = transformers.AutoConfig.from_pretrained(path, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                                         intermediate_size=64, num_labels=2)
+        config = transformers.AutoConfig.from_pretrained(
+            path, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, num_labels=2
+        )
         torch.manual_seed(0)
         tiny = transformers.AutoModelForSequenceClassification.from_config(config)
         target = workdir / "tiny-model"
@@ -514,8 +752,10 @@ def child_setup(spec: dict) -> dict:
         transformers.AutoTokenizer.from_pretrained(path).save_pretrained(target)
         path = str(target)
     with initialize_config_dir(config_dir=config_dir(), version_base=None):
-        cfg = compose("prepare", overrides=[*spec["data_overrides"], f"model.name_or_path={path}",
-                                            f"model.max_length={spec['max_length']}"])
+        cfg = compose(
+            "prepare",
+            overrides=[*spec["data_overrides"], f"model.name_or_path={path}", f"model.max_length={spec['max_length']}"],
+        )
     prepared = prepare_data(cfg, get_task(cfg.task))
     names = prepared.label_names
     data_dir = workdir / "data"
@@ -536,27 +776,45 @@ def child_setup(spec: dict) -> dict:
 
     model = transformers.AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(names))
     embeddings = sum(p.numel() for n, p in model.named_parameters() if "embeddings" in n)
-    per_sequence = sum(p.numel() for n, p in model.named_parameters() if "pooler" in n or "classifier" in n or "score" in n)
+    per_sequence = sum(
+        p.numel() for n, p in model.named_parameters() if "pooler" in n or "classifier" in n or "score" in n
+    )
     total = sum(p.numel() for p in model.parameters())
     cuda = torch.cuda.is_available()
     precision = spec["precision"]
     if precision == "auto":
         precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
-    machine = {"cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-               "gpu": torch.cuda.get_device_name(0) if cuda else None, "torch": torch.__version__,
-               "transformers": transformers.__version__, "python": platform.python_version(),
-               "platform": platform.platform()}
+    machine = {
+        "cpu": cpu_name(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if cuda else None,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
     return {
         "machine": machine,
         "precision": precision,
-        "model": {"path": path, "params": total, "embedding_params": embeddings,
-                  # per-token FLOPs count only the encoder blocks: embeddings are lookups, the
-                  # pooler and classifier run once per sequence (attention scores are not counted either)
-                  "non_embedding_params": total - embeddings - per_sequence},
-        "data": {"dir": str(data_dir), "infer_input": str(infer_input), "label_names": names,
-                 "train_rows": counts["train"]["rows"], "val_rows": counts["validation"]["rows"],
-                 "train_tokens": counts["train"]["tokens"], "val_tokens": counts["validation"]["tokens"],
-                 "source": prepared.summary.get("source")},
+        "model": {
+            "path": path,
+            "params": total,
+            "embedding_params": embeddings,
+            # per-token FLOPs count only the encoder blocks: embeddings are lookups, the
+            # pooler and classifier run once per sequence (attention scores are not counted either)
+            "non_embedding_params": total - embeddings - per_sequence,
+        },
+        "data": {
+            "dir": str(data_dir),
+            "infer_input": str(infer_input),
+            "label_names": names,
+            "train_rows": counts["train"]["rows"],
+            "val_rows": counts["validation"]["rows"],
+            "train_tokens": counts["train"]["tokens"],
+            "val_tokens": counts["validation"]["tokens"],
+            "source": prepared.summary.get("source"),
+        },
     }
 
 
@@ -578,7 +836,10 @@ def child_matmul(spec: dict) -> dict:
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     sizes = [256] if spec["quick"] else ([4096, 8192] if cuda else [1024, 2048])
-    out = {"device": torch.cuda.get_device_name(0) if cuda else f"CPU, {torch.get_num_threads()} threads", "sizes": sizes}
+    out = {
+        "device": torch.cuda.get_device_name(0) if cuda else f"CPU, {torch.get_num_threads()} threads",
+        "sizes": sizes,
+    }
 
     def sync():
         if cuda:
@@ -628,7 +889,9 @@ def hf_split(data_dir: str, split: str, tokenizer, max_length: int, label_names:
     frame = pd.read_csv(Path(data_dir) / f"{split}.csv", dtype=str, keep_default_na=False)
     ids = {name: i for i, name in enumerate(label_names)}
     ds = datasets.Dataset.from_dict({"text": frame["text"].tolist(), "label": [ids[x] for x in frame["label"]]})
-    return ds.map(lambda b: tokenizer(b["text"], truncation=True, max_length=max_length), batched=True, remove_columns=["text"])
+    return ds.map(
+        lambda b: tokenizer(b["text"], truncation=True, max_length=max_length), batched=True, remove_columns=["text"]
+    )
 
 
 def accuracy_metric(prediction) -> dict:
@@ -650,17 +913,41 @@ def child_trainer_train(spec: dict) -> dict:
     val = hf_split(spec["data_dir"], "validation", tokenizer, spec["max_length"], names)
     transformers.set_seed(42)  # same head init as lmreason's seed
     model = AutoModelForSequenceClassification.from_pretrained(
-        spec["model"], num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
+        spec["model"],
+        num_labels=len(names),
+        id2label=dict(enumerate(names)),
+        label2id={n: i for i, n in enumerate(names)},
+    )
     # Workload shared with lmreason; checkpoints off (lmreason's are kept out of its throughput too).
-    kwargs = {"output_dir": spec["output_dir"], "per_device_train_batch_size": spec["batch_size"],
-              "num_train_epochs": spec["epochs"], "learning_rate": spec["lr"], "seed": 42, "save_strategy": "no",
-              "report_to": "none"}
+    kwargs = {
+        "output_dir": spec["output_dir"],
+        "per_device_train_batch_size": spec["batch_size"],
+        "num_train_epochs": spec["epochs"],
+        "learning_rate": spec["lr"],
+        "seed": 42,
+        "save_strategy": "no",
+        "report_to": "none",
+    }
     if spec["mode"] == "same":  # Trainer at its best, on lmreason's hyper-parameters
-        kwargs.update({"train_sampling_strategy": "group_by_length", "bf16": spec["bf16"], "warmup_steps": spec["warmup"],
-                       "lr_scheduler_type": "linear", "weight_decay": 0.0, "max_grad_norm": 1.0,
-                       "per_device_eval_batch_size": spec["eval_batch_size"], "eval_strategy": "no"})
-    trainer = Trainer(model=model, args=TrainingArguments(**kwargs), train_dataset=train, processing_class=tokenizer,
-                      compute_metrics=accuracy_metric)
+        kwargs.update(
+            {
+                "train_sampling_strategy": "group_by_length",
+                "bf16": spec["bf16"],
+                "warmup_steps": spec["warmup"],
+                "lr_scheduler_type": "linear",
+                "weight_decay": 0.0,
+                "max_grad_norm": 1.0,
+                "per_device_eval_batch_size": spec["eval_batch_size"],
+                "eval_strategy": "no",
+            }
+        )
+    trainer = Trainer(
+        model=model,
+        args=TrainingArguments(**kwargs),
+        train_dataset=train,
+        processing_class=tokenizer,
+        compute_metrics=accuracy_metric,
+    )
     began = time.perf_counter()
     trainer.train()
     train_s = time.perf_counter() - began
@@ -668,10 +955,16 @@ def child_trainer_train(spec: dict) -> dict:
     trainer.save_model(spec["output_dir"])
     samples = round(len(train) * spec["epochs"])
     tokens = sum(len(x) for x in train["input_ids"]) * spec["epochs"]
-    return {"samples_per_s": samples / train_s, "tokens_per_s": tokens / train_s, "train_s": train_s,
-            "accuracy": metrics["eval_accuracy"], "precision": "bf16" if kwargs.get("bf16") else "fp32",
-            "output_dir": spec["output_dir"], "cuda_max_allocated_mb": cuda_memory_mb(), "training_args": {
-                k: v for k, v in kwargs.items() if k != "output_dir"}}
+    return {
+        "samples_per_s": samples / train_s,
+        "tokens_per_s": tokens / train_s,
+        "train_s": train_s,
+        "accuracy": metrics["eval_accuracy"],
+        "precision": "bf16" if kwargs.get("bf16") else "fp32",
+        "output_dir": spec["output_dir"],
+        "cuda_max_allocated_mb": cuda_memory_mb(),
+        "training_args": {k: v for k, v in kwargs.items() if k != "output_dir"},
+    }
 
 
 def child_trainer_evaluate(spec: dict) -> dict:
@@ -684,14 +977,24 @@ def child_trainer_evaluate(spec: dict) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(spec["model"])
     model = AutoModelForSequenceClassification.from_pretrained(spec["model"])
     val = hf_split(spec["data_dir"], "validation", tokenizer, spec["max_length"], spec["label_names"])
-    args = TrainingArguments(output_dir=str(Path(spec["result"]).with_suffix("")), per_device_eval_batch_size=spec["eval_batch_size"],
-                             bf16=spec["bf16"], train_sampling_strategy="group_by_length", report_to="none")
+    args = TrainingArguments(
+        output_dir=str(Path(spec["result"]).with_suffix("")),
+        per_device_eval_batch_size=spec["eval_batch_size"],
+        bf16=spec["bf16"],
+        train_sampling_strategy="group_by_length",
+        report_to="none",
+    )
     trainer = Trainer(model=model, args=args, processing_class=tokenizer, compute_metrics=accuracy_metric)
     began = time.perf_counter()
     metrics = trainer.evaluate(val)
     seconds = time.perf_counter() - began
-    return {"samples_per_s": len(val) / seconds, "seconds": seconds, "accuracy": metrics["eval_accuracy"],
-            "hf_reported_samples_per_s": metrics.get("eval_samples_per_second"), "cuda_max_allocated_mb": cuda_memory_mb()}
+    return {
+        "samples_per_s": len(val) / seconds,
+        "seconds": seconds,
+        "accuracy": metrics["eval_accuracy"],
+        "hf_reported_samples_per_s": metrics.get("eval_samples_per_second"),
+        "cuda_max_allocated_mb": cuda_memory_mb(),
+    }
 
 
 def child_pipeline_infer(spec: dict) -> dict:
@@ -705,18 +1008,32 @@ def child_pipeline_infer(spec: dict) -> dict:
     transformers.logging.set_verbosity_error()
     texts = pd.read_csv(spec["input"], dtype=str, keep_default_na=False)["text"].tolist()
     cuda = torch.cuda.is_available()
-    pipe = pipeline("text-classification", model=spec["model"], device=0 if cuda else "cpu",
-                    dtype=torch.bfloat16 if spec["bf16"] else None)
+    pipe = pipeline(
+        "text-classification",
+        model=spec["model"],
+        device=0 if cuda else "cpu",
+        dtype=torch.bfloat16 if spec["bf16"] else None,
+    )
     began = time.perf_counter()
     predictions = pipe(texts, batch_size=spec["batch_size"], truncation=True, max_length=spec["max_length"])
     seconds = time.perf_counter() - began
     assert len(predictions) == len(texts)
-    return {"samples": len(texts), "seconds": seconds, "samples_per_s": len(texts) / seconds,
-            "cuda_max_allocated_mb": cuda_memory_mb()}
+    return {
+        "samples": len(texts),
+        "seconds": seconds,
+        "samples_per_s": len(texts) / seconds,
+        "cuda_max_allocated_mb": cuda_memory_mb(),
+    }
 
 
-CHILDREN = {"setup": child_setup, "matmul": child_matmul, "lmreason": child_lmreason, "trainer-train": child_trainer_train,
-            "trainer-evaluate": child_trainer_evaluate, "pipeline-infer": child_pipeline_infer}
+CHILDREN = {
+    "setup": child_setup,
+    "matmul": child_matmul,
+    "lmreason": child_lmreason,
+    "trainer-train": child_trainer_train,
+    "trainer-evaluate": child_trainer_evaluate,
+    "pipeline-infer": child_pipeline_infer,
+}
 
 
 def main(argv=None) -> int:

@@ -46,14 +46,22 @@ def main() -> None:
         model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2).eval()
         apply_fast_paths(model, "cpu", training=False)
     session = InferenceSession(model, tokenizer, torch.device("cpu"), "fp32", 64, 128)
-    cfg = OmegaConf.create({"method": "integrated_gradients", "n_steps": args.steps,
-                            "internal_batch_size": args.internal_batch_size, "delta_warning": 0.1})
+    cfg = OmegaConf.create(
+        {
+            "method": "integrated_gradients",
+            "n_steps": args.steps,
+            "internal_batch_size": args.internal_batch_size,
+            "delta_warning": 0.1,
+        }
+    )
     began = time.perf_counter()
     attributions = attribute(session, texts, None, cfg)
     seconds = time.perf_counter() - began
     rel = np.mean([abs(a.delta) / max(abs(a.logit_change), 1e-6) for a in attributions])
-    print(f"lmreason attribute: {len(texts)} sentences, {args.steps} steps: {seconds:.1f} s "
-          f"(threads {torch.get_num_threads()}); mean |delta|/|logit change| {rel:.4f}")
+    print(
+        f"lmreason attribute: {len(texts)} sentences, {args.steps} steps: {seconds:.1f} s "
+        f"(threads {torch.get_num_threads()}); mean |delta|/|logit change| {rel:.4f}"
+    )
     if args.no_reference:
         return
     from captum.attr import LayerIntegratedGradients
@@ -69,8 +77,14 @@ def main() -> None:
         baseline = torch.where(special, ids, torch.full_like(ids, tokenizer.pad_token_id))
         with torch.no_grad():
             target = int(forward(ids, enc["attention_mask"]).argmax())
-        lig.attribute(ids, baselines=baseline, target=target, additional_forward_args=(enc["attention_mask"],),
-                      n_steps=args.steps, internal_batch_size=args.internal_batch_size)
+        lig.attribute(
+            ids,
+            baselines=baseline,
+            target=target,
+            additional_forward_args=(enc["attention_mask"],),
+            n_steps=args.steps,
+            internal_batch_size=args.internal_batch_size,
+        )
     print(f"captum directly, one sentence at a time: {time.perf_counter() - began:.1f} s")
 
 

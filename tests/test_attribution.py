@@ -7,10 +7,10 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from conftest import read_json, run_command, tiny_bert_classifier
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from conftest import read_json, run_command, tiny_bert_classifier
 from lmreason.config import config_dir
 from lmreason.errors import UserError
 
@@ -96,8 +96,12 @@ def test_faithfulness_of_true_attributions_beats_random_and_random_scores_match_
 
     great = tokenizer.convert_tokens_to_ids("great")
     session = session_of(OneTokenModel(tokenizer.vocab_size, great), tokenizer)
-    texts = [f"{w} film was {adj} great and {end}" for w in ("the", "a", "one") for adj in ("very", "quite", "so")
-             for end in ("long", "short", "dull")]
+    texts = [
+        f"{w} film was {adj} great and {end}"
+        for w in ("the", "a", "one")
+        for adj in ("very", "quite", "so")
+        for end in ("long", "short", "dull")
+    ]
     attributions = attribute(session, texts, None, acfg())
     f = faithfulness(session, attributions, texts, None, [5, 10, 20, 50], seed=0)
     assert f["comprehensiveness"] > f["random_comprehensiveness"] + 0.2  # removing "great" kills the prediction
@@ -119,8 +123,13 @@ def test_completeness_on_a_tiny_bert_through_the_first_token_fast_path(tokenizer
     from lmreason.evaluation.attribution import attribute
     from lmreason.models.fast_paths import apply_fast_paths
 
-    model = tiny_bert_classifier(vocab_size=tokenizer.vocab_size, max_position_embeddings=64, hidden_dropout_prob=0.0,
-                                 attention_probs_dropout_prob=0.0, initializer_range=0.5).eval()
+    model = tiny_bert_classifier(
+        vocab_size=tokenizer.vocab_size,
+        max_position_embeddings=64,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        initializer_range=0.5,
+    ).eval()
     report = apply_fast_paths(model, "cpu", enabled=fast_paths, training=False)
     assert ("first_token_only" in report.applied) == fast_paths
     session = session_of(model, tokenizer)
@@ -173,17 +182,37 @@ def test_bad_settings_are_one_line_errors(finished_run, tmp_path, cache_dir):
     from lmreason.evaluation.attribution import check_config
 
     with pytest.raises(UserError, match=r"attribution.n_steps=0: must be >= 1"):
-        run_command("infer", f"run={finished_run}", "text=great", "explain=true", "attribution.n_steps=0",
-                    output_dir=tmp_path, cache_dir=cache_dir)
+        run_command(
+            "infer",
+            f"run={finished_run}",
+            "text=great",
+            "explain=true",
+            "attribution.n_steps=0",
+            output_dir=tmp_path,
+            cache_dir=cache_dir,
+        )
     with pytest.raises(UserError, match="diagnostics.attribution.n_steps=-1"):
-        run_command("evaluate", f"run={finished_run}", "diagnostics=[attribution]", "diagnostics.attribution.n_steps=-1",
-                    output_dir=tmp_path, cache_dir=cache_dir)
+        run_command(
+            "evaluate",
+            f"run={finished_run}",
+            "diagnostics=[attribution]",
+            "diagnostics.attribution.n_steps=-1",
+            output_dir=tmp_path,
+            cache_dir=cache_dir,
+        )
     with pytest.raises(UserError, match="need a classifier") as info:
         check_config(acfg(), "gen")
     assert "\n" not in str(info.value)
     with pytest.raises(Exception, match="saliency"):  # an unknown method fails at compose time, naming it
-        run_command("infer", f"run={finished_run}", "text=great", "explain=true", "attribution.method=saliency",
-                    output_dir=tmp_path, cache_dir=cache_dir)
+        run_command(
+            "infer",
+            f"run={finished_run}",
+            "text=great",
+            "explain=true",
+            "attribution.method=saliency",
+            output_dir=tmp_path,
+            cache_dir=cache_dir,
+        )
 
 
 def test_explain_on_a_generation_model_is_one_clear_error(tmp_path, cache_dir):
@@ -193,21 +222,43 @@ def test_explain_on_a_generation_model_is_one_clear_error(tmp_path, cache_dir):
 
     tiny_dir = resolve_model_path("smollm2-135m-instruct-config", cache_dir)
     config = AutoConfig.from_pretrained(tiny_dir)
-    config.update({"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
-                   "head_dim": 16, "intermediate_size": 64})
+    config.update(
+        {
+            "hidden_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "head_dim": 16,
+            "intermediate_size": 64,
+        }
+    )
     AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "gen")
     AutoTokenizer.from_pretrained(tiny_dir).save_pretrained(tmp_path / "gen")
     with pytest.raises(UserError, match="attributions need a classifier") as info:
-        run_command("infer", f"checkpoint={tmp_path / 'gen'}", "text=What is 3 + 4?", "explain=true",
-                    output_dir=tmp_path, cache_dir=cache_dir)
+        run_command(
+            "infer",
+            f"checkpoint={tmp_path / 'gen'}",
+            "text=What is 3 + 4?",
+            "explain=true",
+            output_dir=tmp_path,
+            cache_dir=cache_dir,
+        )
     assert "\n" not in str(info.value)
 
 
 # ------------------------------------------------------------------ the commands on a trained run
 def test_infer_explain_round_trips_through_the_jsonl(finished_run, tmp_path, cache_dir, capsys):
     out = tmp_path / "explained.jsonl"
-    rows = run_command("infer", f"run={finished_run}", "device=cpu", "text=the film was really great and long",
-                       "explain=true", f"output={out}", output_dir=tmp_path, cache_dir=cache_dir)
+    rows = run_command(
+        "infer",
+        f"run={finished_run}",
+        "device=cpu",
+        "text=the film was really great and long",
+        "explain=true",
+        f"output={out}",
+        output_dir=tmp_path,
+        cache_dir=cache_dir,
+    )
     written = [json.loads(line) for line in out.read_text().splitlines()]
     assert written == json.loads(json.dumps(rows))
     row = written[0]
@@ -215,24 +266,42 @@ def test_infer_explain_round_trips_through_the_jsonl(finished_run, tmp_path, cac
     assert len(row["scores"]) == len(row["words"]) and len(row["token_scores"]) == len(row["tokens"])
     assert row["tokens"][0] == "[CLS]" and row["method"] == "integrated_gradients"
     assert abs(sum(row["token_scores"]) - row["logit_change"] - row["delta"]) < 1e-5
-    run_command("infer", f"run={finished_run}", "device=cpu", "text=the film was really awful", "explain=true",
-                output_dir=tmp_path, cache_dir=cache_dir)
+    run_command(
+        "infer",
+        f"run={finished_run}",
+        "device=cpu",
+        "text=the film was really awful",
+        "explain=true",
+        output_dir=tmp_path,
+        cache_dir=cache_dir,
+    )
     shown = capsys.readouterr().out
     assert "awful" in shown and "top:" in shown and "green: toward the predicted label" in shown
 
 
 def test_evaluate_attribution_with_robustness(finished_run, tmp_path, cache_dir, capsys):
     checkpoint = finished_run / "checkpoints" / "best"
-    results = run_command("evaluate", f"run={finished_run}", "device=cpu", "diagnostics=[robustness,attribution]",
-                          "diagnostics.robustness.suites=[identity]", "diagnostics.robustness.examples=4",
-                          f"diagnostics.robustness.encoder={checkpoint}", "diagnostics.attribution.errors=5",
-                          "diagnostics.attribution.correct=6", "diagnostics.attribution.min_word_count=2",
-                          output_dir=tmp_path, cache_dir=cache_dir)
+    results = run_command(
+        "evaluate",
+        f"run={finished_run}",
+        "device=cpu",
+        "diagnostics=[robustness,attribution]",
+        "diagnostics.robustness.suites=[identity]",
+        "diagnostics.robustness.examples=4",
+        f"diagnostics.robustness.encoder={checkpoint}",
+        "diagnostics.attribution.errors=5",
+        "diagnostics.attribution.correct=6",
+        "diagnostics.attribution.min_word_count=2",
+        output_dir=tmp_path,
+        cache_dir=cache_dir,
+    )
     out = capsys.readouterr().out
     assert set(results["attribution"]) == {"test", "ood"} and "robustness" in results
     for split in ("test", "ood"):
         payload = read_json(finished_run / "eval" / split / "attribution.json")
-        records = [json.loads(line) for line in (finished_run / "eval" / split / "attributions.jsonl").read_text().splitlines()]
+        records = [
+            json.loads(line) for line in (finished_run / "eval" / split / "attributions.jsonl").read_text().splitlines()
+        ]
         assert payload["examples"]["correct"] == sum(r["group"] == "correct" for r in records) <= 6
         assert payload["examples"]["error"] == sum(r["group"] == "error" for r in records) <= 5
         for r in records:
@@ -248,9 +317,18 @@ def test_evaluate_attribution_with_robustness(finished_run, tmp_path, cache_dir,
         assert {"word", "mean_score", "examples", "train_pmi", "flag"} <= set(entry)
     assert "attribution faithfulness" in out and "what the model leans on" in out and "sanity check" in out
     # same seed, same figures
-    again = run_command("evaluate", f"run={finished_run}", "device=cpu", "diagnostics=[attribution]", "compare_ood=false",
-                        "diagnostics.attribution.errors=5", "diagnostics.attribution.correct=6",
-                        "diagnostics.attribution.min_word_count=2", output_dir=tmp_path, cache_dir=cache_dir)
+    again = run_command(
+        "evaluate",
+        f"run={finished_run}",
+        "device=cpu",
+        "diagnostics=[attribution]",
+        "compare_ood=false",
+        "diagnostics.attribution.errors=5",
+        "diagnostics.attribution.correct=6",
+        "diagnostics.attribution.min_word_count=2",
+        output_dir=tmp_path,
+        cache_dir=cache_dir,
+    )
     assert again["attribution"]["test"]["faithfulness"] == results["attribution"]["test"]["faithfulness"]
 
 
@@ -261,6 +339,8 @@ def test_the_group_composes_and_the_yaml_matches_the_schema():
         both = compose("evaluate", overrides=["diagnostics=[robustness,attribution]"])
         infer = compose("infer", overrides=["text=x"])
     assert both.diagnostics.robustness is not None
-    assert OmegaConf.to_container(both.diagnostics.attribution) == OmegaConf.to_container(OmegaConf.structured(AttributionDiagnosticsConfig))
+    assert OmegaConf.to_container(both.diagnostics.attribution) == OmegaConf.to_container(
+        OmegaConf.structured(AttributionDiagnosticsConfig)
+    )
     assert OmegaConf.to_container(infer.attribution) == OmegaConf.to_container(OmegaConf.structured(AttributionConfig))
     assert infer.explain is False

@@ -18,11 +18,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import run_command
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
-from conftest import run_command
 from lmreason.data.examples import label_to_string, normalize_split
 from lmreason.data.files import read_table
 from lmreason.errors import UserError
@@ -31,18 +31,47 @@ EXAMPLES_PER_DEFECT = 20  # x 24 kinds of defect (one test each): ~480 generated
 TRIED: Counter = Counter()  # (format, defect, outcome) -> cases: reported by the test
 
 OK_DEFECTS = ("none", "bom", "crlf", "extra_column", "blank_lines", "huge_text", "json_wrapped")
-ERROR_DEFECTS = ("ragged_short", "ragged_long", "duplicate_header", "no_header", "missing_label_column",
-                 "wrong_delimiter", "empty", "header_only", "bad_encoding", "nan_label", "unclosed_quote",
-                 "not_json_line", "non_object_line", "list_label", "empty_label", "duplicate_key", "garbage")
+ERROR_DEFECTS = (
+    "ragged_short",
+    "ragged_long",
+    "duplicate_header",
+    "no_header",
+    "missing_label_column",
+    "wrong_delimiter",
+    "empty",
+    "header_only",
+    "bad_encoding",
+    "nan_label",
+    "unclosed_quote",
+    "not_json_line",
+    "non_object_line",
+    "list_label",
+    "empty_label",
+    "duplicate_key",
+    "garbage",
+)
 FORMATS = ("csv", "tsv", "json", "jsonl", "parquet")
 # Defects that only make sense for some formats.
-ONLY = {"ragged_short": ("csv", "tsv"), "ragged_long": ("csv", "tsv"), "duplicate_header": ("csv", "tsv"),
-        "no_header": ("csv", "tsv"), "wrong_delimiter": ("csv", "tsv"), "header_only": ("csv", "tsv"),
-        "unclosed_quote": ("csv", "tsv"), "crlf": ("csv", "tsv", "jsonl"), "blank_lines": ("csv", "tsv", "jsonl"),
-        "not_json_line": ("jsonl",), "non_object_line": ("jsonl",), "json_wrapped": ("json",),
-        "list_label": ("json", "jsonl"), "duplicate_key": ("json", "jsonl"), "garbage": ("parquet", "json"),
-        "bom": ("csv", "tsv", "json", "jsonl"), "bad_encoding": ("csv", "tsv", "json", "jsonl"),
-        "empty": ("csv", "tsv", "json", "jsonl")}
+ONLY = {
+    "ragged_short": ("csv", "tsv"),
+    "ragged_long": ("csv", "tsv"),
+    "duplicate_header": ("csv", "tsv"),
+    "no_header": ("csv", "tsv"),
+    "wrong_delimiter": ("csv", "tsv"),
+    "header_only": ("csv", "tsv"),
+    "unclosed_quote": ("csv", "tsv"),
+    "crlf": ("csv", "tsv", "jsonl"),
+    "blank_lines": ("csv", "tsv", "jsonl"),
+    "not_json_line": ("jsonl",),
+    "non_object_line": ("jsonl",),
+    "json_wrapped": ("json",),
+    "list_label": ("json", "jsonl"),
+    "duplicate_key": ("json", "jsonl"),
+    "garbage": ("parquet", "json"),
+    "bom": ("csv", "tsv", "json", "jsonl"),
+    "bad_encoding": ("csv", "tsv", "json", "jsonl"),
+    "empty": ("csv", "tsv", "json", "jsonl"),
+}
 PARQUET_DEFECTS = ("none", "extra_column", "huge_text", "nan_label", "missing_label_column", "empty_label", "garbage")
 
 # Texts: letters, digits, punctuation that CSV must quote, quotes, newlines, tabs, non-ASCII, the JSON
@@ -175,8 +204,7 @@ def parquet_bytes(defect: str, rows: list[dict], at: int) -> bytes:
         return b"PAR1" + bytes(range(256)) * (at + 1)
     import pandas as pd
 
-    frame = pd.DataFrame({"text": [str(r["text"]) for r in rows],
-                          "label": [label_to_string(r["label"]) for r in rows]})
+    frame = pd.DataFrame({"text": [str(r["text"]) for r in rows], "label": [label_to_string(r["label"]) for r in rows]})
     if "topic" in rows[0]:
         frame["topic"] = [csv_cell(r["topic"]) for r in rows]
     if defect == "nan_label":
@@ -200,9 +228,17 @@ def expected_outcome(fmt: str, defect: str, rows: list[dict]):
 
 
 def data_config(with_topic: bool):
-    return OmegaConf.create({"source": "local", "text_column": "text", "text_pair_column": None, "label_column": "label",
-                             "prompt_column": "prompt", "completion_column": "completion",
-                             "metadata_columns": ["topic"] if with_topic else []})
+    return OmegaConf.create(
+        {
+            "source": "local",
+            "text_column": "text",
+            "text_pair_column": None,
+            "label_column": "label",
+            "prompt_column": "prompt",
+            "completion_column": "completion",
+            "metadata_columns": ["topic"] if with_topic else [],
+        }
+    )
 
 
 def check_case(fmt: str, defect: str, rows: list[dict], at: int, folder: Path) -> str:
@@ -233,14 +269,21 @@ def report_cases_tried():
     yield
     if TRIED:
         ok = sum(v for (_, _, outcome), v in TRIED.items() if outcome == "ok")
-        print(f"\n{sum(TRIED.values())} generated files over {len({f for f, _, _ in TRIED})} formats and "
-              f"{len({d for _, d, _ in TRIED})} kinds of defect: {ok} read correctly, {sum(TRIED.values()) - ok} refused with one line")
+        print(
+            f"\n{sum(TRIED.values())} generated files over {len({f for f, _, _ in TRIED})} formats and "
+            f"{len({d for _, d, _ in TRIED})} kinds of defect: {ok} read correctly, {sum(TRIED.values()) - ok} refused with one line"
+        )
 
 
 @pytest.mark.parametrize("defect", OK_DEFECTS + ERROR_DEFECTS)
 def test_generated_files_give_the_right_rows_or_one_clear_line(defect):
-    @settings(max_examples=EXAMPLES_PER_DEFECT, deadline=None, derandomize=True, database=None,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @settings(
+        max_examples=EXAMPLES_PER_DEFECT,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
     @given(cases(defect))
     def every_case(case):
         fmt, defect_applied, rows, at = case
@@ -253,17 +296,26 @@ def test_generated_files_give_the_right_rows_or_one_clear_line(defect):
     assert sum(TRIED.values()) - before >= EXAMPLES_PER_DEFECT // 2  # hypothesis ran the cases, not gave up on them
 
 
-@pytest.mark.parametrize("name,content,expected", [
-    ("semicolons.csv", b"text;label\nnice;1\nbad;0\n", "wrong delimiter"),
-    ("lines.jsonl", b'{"text": "nice", "label": 1}\n{"text": "bad", label: 0}\n', "line 2 is not valid JSON"),
-    ("nan.json", b'[{"text": "nice", "label": 1}, {"text": "bad", "label": NaN}]', "row 2 has an empty label"),
-])
+@pytest.mark.parametrize(
+    "name,content,expected",
+    [
+        ("semicolons.csv", b"text;label\nnice;1\nbad;0\n", "wrong delimiter"),
+        ("lines.jsonl", b'{"text": "nice", "label": 1}\n{"text": "bad", label: 0}\n', "line 2 is not valid JSON"),
+        ("nan.json", b'[{"text": "nice", "label": 1}, {"text": "bad", "label": NaN}]', "row 2 has an empty label"),
+    ],
+)
 def test_malformed_files_end_prepare_with_one_line(tmp_path, cache_dir, name, content, expected):
     path = tmp_path / name
     path.write_bytes(content)
     with pytest.raises(UserError) as exc:
-        run_command("prepare", "model=tiny-bert", "data=local", f"data.path={path}", output_dir=tmp_path / "out",
-                    cache_dir=cache_dir)
+        run_command(
+            "prepare",
+            "model=tiny-bert",
+            "data=local",
+            f"data.path={path}",
+            output_dir=tmp_path / "out",
+            cache_dir=cache_dir,
+        )
     message = str(exc.value)
     assert expected in message and str(path) in message
     assert "\n" not in message

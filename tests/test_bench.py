@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO, cli_env
 
 
@@ -24,8 +23,20 @@ def load_bench():
 def test_quick_bench_runs_every_phase_and_writes_its_json(tmp_path):
     out = tmp_path / "results" / "bench.json"
     proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "bench.py"), "--quick", "--workdir", str(tmp_path / "work"), "--out", str(out)],
-        cwd=tmp_path, env=cli_env(tmp_path / "cache"), capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            str(REPO / "scripts" / "bench.py"),
+            "--quick",
+            "--workdir",
+            str(tmp_path / "work"),
+            "--out",
+            str(out),
+        ],
+        cwd=tmp_path,
+        env=cli_env(tmp_path / "cache"),
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads(out.read_text())
@@ -46,7 +57,13 @@ def test_quick_bench_runs_every_phase_and_writes_its_json(tmp_path):
     assert phases["infer"]["pipeline"]["samples_per_s"] > 0
     assert phases["startup"]["help_s"] > 0 and phases["startup"]["finetune_help_s"] > 0
     summary = results["summary"]
-    for key in ("train_same_speedup", "train_defaults_speedup", "evaluate_speedup", "infer_speedup", "train_same_lmreason_mfu"):
+    for key in (
+        "train_same_speedup",
+        "train_defaults_speedup",
+        "evaluate_speedup",
+        "infer_speedup",
+        "train_same_lmreason_mfu",
+    ):
         assert summary[key] > 0, key
     assert {"train_same_speedup", "infer_speedup", "help_s", "mfu_fp32"} <= set(summary["targets"])
     assert len(results["load"]["start"]) == 3 and results["machine"]["cores"] >= 1
@@ -54,8 +71,16 @@ def test_quick_bench_runs_every_phase_and_writes_its_json(tmp_path):
 
 
 def fake_results(lm_speed: float, hf_speed: float, lm_acc: float, hf_acc: float) -> dict:
-    side = lambda speed, acc, mem: {"samples_per_s": speed, "tokens_per_s": speed * 10, "accuracy": acc, "memory_mb": mem,
-                                   "wall_s": 1.0, "runs": [{"precision": "fp32"}]}
+    def side(speed, acc, mem):
+        return {
+            "samples_per_s": speed,
+            "tokens_per_s": speed * 10,
+            "accuracy": acc,
+            "memory_mb": mem,
+            "wall_s": 1.0,
+            "runs": [{"precision": "fp32"}],
+        }
+
     return {
         "machine": {"cpu": "test cpu", "cores": 2, "torch": "x", "transformers": "y"},
         "model": {"non_embedding_params": 1_000_000},
@@ -77,7 +102,7 @@ def test_targets_are_judged_as_the_issue_states_them():
     targets = summary["targets"]
     assert summary["train_same_speedup"] == pytest.approx(1.2) and targets["train_same_speedup"]["met"]
     assert targets["train_same_accuracy_delta_points"]["met"]  # half a point lower: within one point
-    assert targets["train_same_memory_ratio"]["met"]           # 900 MB vs 1000 MB
+    assert targets["train_same_memory_ratio"]["met"]  # 900 MB vs 1000 MB
     assert targets["evaluate_speedup"]["met"] and not targets["infer_speedup"]["met"]  # 3x; 1.5x < 2x
     assert targets["help_s"]["met"] and not targets["finetune_help_s"]["met"]
     # MFU = 6 x params x tokens/s / rate = 6e6 x 1200 / 100e9

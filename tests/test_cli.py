@@ -9,19 +9,26 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO, compose_command, run_cli, write_sentiment_csv
 
 
 def lmreason(*args, cwd=REPO):
-    return subprocess.run([sys.executable, "-m", "lmreason", *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "lmreason", *args], capture_output=True, text=True, cwd=cwd, timeout=120
+    )
 
 
 def test_help_lists_every_command_without_importing_torch():
     proc = subprocess.run(
-        [sys.executable, "-c", "import sys; from lmreason.cli import main; main(['--help']); "
-                               "assert 'torch' not in sys.modules and 'hydra' not in sys.modules, 'heavy import'"],
-        capture_output=True, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import sys; from lmreason.cli import main; main(['--help']); "
+            "assert 'torch' not in sys.modules and 'hydra' not in sys.modules, 'heavy import'",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     for command in ("prepare", "finetune", "evaluate", "infer"):
         assert f"  {command}" in proc.stdout
@@ -78,8 +85,17 @@ def test_data_source_keys_are_validated_per_source(tmp_path):
 def test_multirun_flag_runs_one_job_per_value(tmp_path, cache_dir):
     data = write_sentiment_csv(tmp_path / "data.csv", 60)
     sweep = tmp_path / "sweep"
-    run_cli("prepare", "-m", "model=tiny-bert", "data=local", f"data.path={data}", "model.max_length=16,32",
-            f"hydra.sweep.dir={sweep}", cache_dir=cache_dir, cwd=tmp_path)
+    run_cli(
+        "prepare",
+        "-m",
+        "model=tiny-bert",
+        "data=local",
+        f"data.path={data}",
+        "model.max_length=16,32",
+        f"hydra.sweep.dir={sweep}",
+        cache_dir=cache_dir,
+        cwd=tmp_path,
+    )
     jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
     assert jobs == ["0", "1"]
     assert all((sweep / job / ".hydra" / "config.yaml").is_file() for job in jobs)

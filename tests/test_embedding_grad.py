@@ -67,6 +67,13 @@ def test_not_installed_where_the_result_could_differ():
     frozen = tiny_bert()
     frozen.get_input_embeddings().weight.requires_grad_(False)
     assert not use_row_gradient(frozen, "cpu")
-    config = transformers.LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                      num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=True)
+    config = transformers.LlamaConfig(
+        vocab_size=40,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+    )
     assert not use_row_gradient(transformers.LlamaForCausalLM(config), "cpu")  # tied to the LM head

@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import assert_one_line_error, read_json, run_cli, run_command
+
 from lmreason.errors import UserError
 
 
@@ -34,7 +34,9 @@ def test_evaluate_writes_metrics_slices_plots_and_the_ood_gap(tmp_path, cache_di
     assert gap["acc"]["gap"] == gap["acc"]["in_distribution"] - gap["acc"]["ood"]
     for png in ("confusion_matrix.png", "reliability.png"):
         assert (finished_run / "eval" / "test" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    rows = [json.loads(line) for line in (finished_run / "eval" / "test" / "predictions.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(line) for line in (finished_run / "eval" / "test" / "predictions.jsonl").read_text().splitlines()
+    ]
     assert len(rows) == 48 and {"text", "label", "predicted", "confidence", "topic"} <= set(rows[0])
     assert "in-distribution vs OOD" in out and "OOD worse by" in out
 
@@ -56,21 +58,37 @@ def test_evaluate_and_infer_refuse_a_dir_without_checkpoint(tmp_path, cache_dir)
 
 
 def test_infer_texts_and_files_in_input_order(tmp_path, cache_dir, finished_run, capsys):
-    infer(tmp_path, cache_dir, f"run={finished_run}", "text=[the film was really great and long,the film was really dull]")
+    infer(
+        tmp_path, cache_dir, f"run={finished_run}", "text=[the film was really great and long,the film was really dull]"
+    )
     assert "2 prediction(s)" in capsys.readouterr().out
     source = tmp_path / "inputs.jsonl"
-    texts = ["the film was really awful and short", "the film was really superb and long, with a long long tail of words"]
+    texts = [
+        "the film was really awful and short",
+        "the film was really superb and long, with a long long tail of words",
+    ]
     source.write_text("\n".join(json.dumps({"text": t}) for t in texts))
     output = tmp_path / "predictions.jsonl"
-    infer(tmp_path, cache_dir, f"checkpoint={finished_run / 'checkpoints' / 'best'}", f"input={source}", f"output={output}",
-          "batch_size=1")
+    infer(
+        tmp_path,
+        cache_dir,
+        f"checkpoint={finished_run / 'checkpoints' / 'best'}",
+        f"input={source}",
+        f"output={output}",
+        "batch_size=1",
+    )
     rows = [json.loads(line) for line in output.read_text().splitlines()]
     assert [r["text"] for r in rows] == texts
     assert abs(sum(rows[0]["probs"].values()) - 1) < 1e-4
     # the same texts given the other way round, batched together: each row keeps its own prediction
     reversed_output = tmp_path / "reversed.jsonl"
-    infer(tmp_path, cache_dir, f"run={finished_run}", f"text=[{texts[1].replace(',', '')},{texts[0]}]",
-          f"output={reversed_output}")
+    infer(
+        tmp_path,
+        cache_dir,
+        f"run={finished_run}",
+        f"text=[{texts[1].replace(',', '')},{texts[0]}]",
+        f"output={reversed_output}",
+    )
     reversed_rows = [json.loads(line) for line in reversed_output.read_text().splitlines()]
     assert reversed_rows[1]["text"] == texts[0] and reversed_rows[1]["label"] == rows[0]["label"]
     assert abs(reversed_rows[1]["probs"]["1"] - rows[0]["probs"]["1"]) < 1e-5

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
+from conftest import TINY_TRAIN, read_json, tiny_bert_classifier, write_sentiment_csv
 from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 
-from conftest import TINY_TRAIN, read_json, tiny_bert_classifier, write_sentiment_csv
 from lmreason.config import config_dir
 from lmreason.models import fast_paths
 from lmreason.models.fast_paths import CHECK_FAILED, NAMES, apply_fast_paths
@@ -53,11 +53,16 @@ def test_switched_off_none_is_applied():
 def test_inference_gets_only_the_first_token_layer_and_each_skip_says_why():
     report = apply_fast_paths(classifier(), "cpu", training=False)
     assert report.applied == ["first_token_only"]
-    assert report.describe() == "first_token_only; skipped: fast_dropout, row_gradient (training only: no dropout or gradients here)"
+    assert (
+        report.describe()
+        == "first_token_only; skipped: fast_dropout, row_gradient (training only: no dropout or gradients here)"
+    )
     assert set(report.skipped) == {"fast_dropout", "row_gradient"} and "training only" in report.skipped["row_gradient"]
     # off the CPU, or under DDP, they do not apply (asked without running anything on a GPU)
     assert dropout.fast_dropout_unsupported(classifier(), "cuda").startswith("CPU only")
-    assert embedding_grad.row_gradient_unsupported(classifier(), "cpu", world_size=2).startswith("more than one process")
+    assert embedding_grad.row_gradient_unsupported(classifier(), "cpu", world_size=2).startswith(
+        "more than one process"
+    )
     report = apply_fast_paths(classifier(), "cpu", world_size=2)
     assert report.applied == ["first_token_only", "fast_dropout"] and "DDP" in report.skipped["row_gradient"]
 
@@ -92,8 +97,11 @@ def test_missing_transformers_internals_fall_back_to_the_unpatched_model(monkeyp
     ids = torch.tensor([[1, 5, 6, 7, 2], [1, 8, 2, 0, 0]])
     model.eval(), reference.eval()
     with torch.no_grad():
-        assert torch.allclose(model(input_ids=ids, attention_mask=(ids != 0).long()).logits,
-                              reference(input_ids=ids, attention_mask=(ids != 0).long()).logits, atol=1e-5)
+        assert torch.allclose(
+            model(input_ids=ids, attention_mask=(ids != 0).long()).logits,
+            reference(input_ids=ids, attention_mask=(ids != 0).long()).logits,
+            atol=1e-5,
+        )
 
 
 def test_a_dropout_check_that_fails_is_undone(monkeypatch):
@@ -110,8 +118,10 @@ def finetune(work: Path, cache_dir: Path, *overrides: str) -> dict:
     from lmreason.commands import finetune as command
 
     with initialize_config_dir(config_dir=config_dir(), version_base=None):
-        cfg = compose(config_name="finetune", overrides=[*TINY_TRAIN, *overrides, f"output_dir={work / 'out'}",
-                                                         f"cache_dir={cache_dir}"])
+        cfg = compose(
+            config_name="finetune",
+            overrides=[*TINY_TRAIN, *overrides, f"output_dir={work / 'out'}", f"cache_dir={cache_dir}"],
+        )
     return command.run(cfg)
 
 
@@ -119,8 +129,14 @@ def test_fast_paths_off_trains_the_same_model_and_says_so(tmp_path, cache_dir, c
     """Without dropout (whose fast mask draws another random stream) the paths are exact equivalents:
     [CLS]-only last layer and the embedding-gradient buffer give the weights of the unpatched run."""
     data = write_sentiment_csv(tmp_path / "data.csv", 80, seed=31)
-    args = ["data=local", f"data.path={data}", "train.epochs=2", "train.early_stopping.enabled=false",
-            "regularization.hidden_dropout=0", "regularization.attention_dropout=0"]
+    args = [
+        "data=local",
+        f"data.path={data}",
+        "train.epochs=2",
+        "train.early_stopping.enabled=false",
+        "regularization.hidden_dropout=0",
+        "regularization.attention_dropout=0",
+    ]
     finetune(tmp_path / "on", cache_dir, *args)
     banner_on = capsys.readouterr().out
     finetune(tmp_path / "off", cache_dir, *args, "device.fast_paths=false")
@@ -134,8 +150,9 @@ def test_fast_paths_off_trains_the_same_model_and_says_so(tmp_path, cache_dir, c
     assert on["steps"] == off["steps"] > 4
     for a, b in zip(on["history"], off["history"]):
         assert a["val/loss"] == pytest.approx(b["val/loss"], abs=1e-5)
-    weights_on, weights_off = (load_file(str(tmp_path / run / "out" / "checkpoints" / "last" / "model.safetensors"))
-                               for run in ("on", "off"))
+    weights_on, weights_off = (
+        load_file(str(tmp_path / run / "out" / "checkpoints" / "last" / "model.safetensors")) for run in ("on", "off")
+    )
     assert weights_on.keys() == weights_off.keys()
     for name, tensor in weights_on.items():
         assert torch.allclose(tensor, weights_off[name], atol=1e-5), name

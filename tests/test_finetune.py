@@ -8,9 +8,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import DROPOUT_RUN, TINY_TRAIN, finetune_in_process, read_json, run_cli, run_command, write_sentiment_csv
 
-from conftest import (DROPOUT_RUN, TINY_TRAIN, finetune_in_process, read_json, run_cli, run_command,
-                      write_sentiment_csv)
 from lmreason.errors import UserError
 
 
@@ -50,14 +49,21 @@ def test_best_checkpoint_loads_with_plain_transformers(finished_run):
     tokenizer = AutoTokenizer.from_pretrained(best)
     assert model.config.id2label == {0: "0", 1: "1"}
     with torch.no_grad():
-        logits = model(**tokenizer(["the film was really great and long", "the film was really awful and short"],
-                                   return_tensors="pt", padding=True)).logits
+        logits = model(
+            **tokenizer(
+                ["the film was really great and long", "the film was really awful and short"],
+                return_tensors="pt",
+                padding=True,
+            )
+        ).logits
     assert logits.argmax(-1).tolist() == [1, 0]
 
 
 def test_same_config_and_seed_give_the_same_metrics(tmp_path, cache_dir, dropout_data, dropout_run):
     finetune_in_process(tmp_path / "again", cache_dir, *DROPOUT_RUN, f"data.path={dropout_data}")
-    assert read_json(tmp_path / "again" / "metrics.json")["history"] == read_json(dropout_run / "metrics.json")["history"]
+    assert (
+        read_json(tmp_path / "again" / "metrics.json")["history"] == read_json(dropout_run / "metrics.json")["history"]
+    )
 
 
 def test_resume_continues_an_interrupted_run(tmp_path, cache_dir, monkeypatch, dropout_data, dropout_run):
@@ -82,9 +88,18 @@ def test_early_stopping_stops(tmp_path, cache_dir):
     data = write_sentiment_csv(tmp_path / "data.csv", 120, seed=3)
     run_dir = tmp_path / "run"
     # lr 0: nothing improves after the first validation, so patience 1 stops at the second.
-    finetune_in_process(run_dir, cache_dir, "data=local", f"data.path={data}", "train.epochs=20", "optimizer.lr=1e-12",
-                        "train.early_stopping.patience=1", "train.early_stopping.monitor=val/loss",
-                        "train.early_stopping.mode=min", "train.early_stopping.min_delta=0.01")
+    finetune_in_process(
+        run_dir,
+        cache_dir,
+        "data=local",
+        f"data.path={data}",
+        "train.epochs=20",
+        "optimizer.lr=1e-12",
+        "train.early_stopping.patience=1",
+        "train.early_stopping.monitor=val/loss",
+        "train.early_stopping.mode=min",
+        "train.early_stopping.min_delta=0.01",
+    )
     metrics = read_json(run_dir / "metrics.json")
     assert metrics["status"] == "early_stopped"
     assert len(metrics["history"]) == 2
@@ -98,8 +113,18 @@ def test_early_stopping_stops(tmp_path, cache_dir):
 def test_multirun_gives_one_complete_run_dir_per_job(tmp_path, cache_dir):
     data = write_sentiment_csv(tmp_path / "data.csv", 60, seed=4)
     sweep = tmp_path / "sweep"
-    run_cli("finetune", "-m", *TINY_TRAIN, "data=local", f"data.path={data}", "train.epochs=1", "optimizer.lr=1e-3,3e-3",
-            f"hydra.sweep.dir={sweep}", cache_dir=cache_dir, cwd=tmp_path)
+    run_cli(
+        "finetune",
+        "-m",
+        *TINY_TRAIN,
+        "data=local",
+        f"data.path={data}",
+        "train.epochs=1",
+        "optimizer.lr=1e-3,3e-3",
+        f"hydra.sweep.dir={sweep}",
+        cache_dir=cache_dir,
+        cwd=tmp_path,
+    )
     for job in ("0", "1"):
         assert read_json(sweep / job / "metrics.json")["status"] == "completed"
         assert (sweep / job / "checkpoints" / "best" / "model.safetensors").is_file()
@@ -107,8 +132,16 @@ def test_multirun_gives_one_complete_run_dir_per_job(tmp_path, cache_dir):
 
 def test_freezing_and_accumulation_show_in_banner(tmp_path, cache_dir, capsys):
     data = write_sentiment_csv(tmp_path / "data.csv", 60, seed=5)
-    finetune_in_process(tmp_path / "run", cache_dir, "data=local", f"data.path={data}", "train.epochs=1",
-                        "regularization=[l2,freeze]", "regularization.freeze_layers=1", "train.grad_accum_steps=2")
+    finetune_in_process(
+        tmp_path / "run",
+        cache_dir,
+        "data=local",
+        f"data.path={data}",
+        "train.epochs=1",
+        "regularization=[l2,freeze]",
+        "regularization.freeze_layers=1",
+        "train.grad_accum_steps=2",
+    )
     out = capsys.readouterr().out
     assert "frozen" in out and " 0 frozen" not in out
     assert "32 = 16 per step x 2 accumulation" in out
@@ -124,16 +157,28 @@ def test_two_accumulated_micro_batches_train_like_one_batch_of_their_size(tmp_pa
     from safetensors.torch import load_file
 
     data = write_sentiment_csv(tmp_path / "data.csv", 80, seed=7)
-    common = ["data=local", f"data.path={data}", "train.epochs=2", "train.length_grouping=false",
-              "train.early_stopping.enabled=false", "regularization.hidden_dropout=0", "regularization.attention_dropout=0"]
+    common = [
+        "data=local",
+        f"data.path={data}",
+        "train.epochs=2",
+        "train.length_grouping=false",
+        "train.early_stopping.enabled=false",
+        "regularization.hidden_dropout=0",
+        "regularization.attention_dropout=0",
+    ]
     one = finetune_in_process(tmp_path / "one", cache_dir, *common, "train.batch_size=32")
-    accumulated = finetune_in_process(tmp_path / "accum", cache_dir, *common, "train.batch_size=16", "train.grad_accum_steps=2")
+    accumulated = finetune_in_process(
+        tmp_path / "accum", cache_dir, *common, "train.batch_size=16", "train.grad_accum_steps=2"
+    )
     assert one["steps"] == accumulated["steps"] == 4
     expected = load_file(tmp_path / "one" / "checkpoints" / "last" / "model.safetensors")
     weights = load_file(tmp_path / "accum" / "checkpoints" / "last" / "model.safetensors")
     assert weights.keys() == expected.keys()
     for name, tensor in weights.items():
-        assert torch.allclose(tensor, expected[name], atol=1e-5, rtol=1e-4), (name, (tensor - expected[name]).abs().max())
+        assert torch.allclose(tensor, expected[name], atol=1e-5, rtol=1e-4), (
+            name,
+            (tensor - expected[name]).abs().max(),
+        )
     # The control: without accumulation, 16 per step is another training (8 steps) and other weights, so
     # the tolerance above tells the two apart.
     halves = finetune_in_process(tmp_path / "halves", cache_dir, *common, "train.batch_size=16")
@@ -159,8 +204,15 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, cache_dir, 
     run_dir = tmp_path / "run"
     monkeypatch.setenv("LMREASON_FAULT_AT", "loss:3:NAN")
     with pytest.raises(UserError, match="NaN/inf at step 3") as exc:
-        finetune_in_process(run_dir, cache_dir, "data=local", f"data.path={data}", "train.epochs=2",
-                            "train.eval_every_steps=1", "train.eval_every_epoch=false")
+        finetune_in_process(
+            run_dir,
+            cache_dir,
+            "data=local",
+            f"data.path={data}",
+            "train.epochs=2",
+            "train.eval_every_steps=1",
+            "train.eval_every_epoch=false",
+        )
     one_line(exc)
     state = json.loads((run_dir / "checkpoints" / "last" / "lmreason.json").read_text())
     assert state["step"] == 2
@@ -169,7 +221,15 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, cache_dir, 
 
 def test_a_new_run_never_writes_into_an_existing_run(tmp_path, cache_dir, finished_run):
     before = (finished_run / "checkpoints" / "best" / "model.safetensors").read_bytes()
-    proc = run_cli("finetune", *TINY_TRAIN, "data=local", "data.path=x.csv", f"hydra.run.dir={finished_run}",
-                   cache_dir=cache_dir, cwd=tmp_path, check=False)
+    proc = run_cli(
+        "finetune",
+        *TINY_TRAIN,
+        "data=local",
+        "data.path=x.csv",
+        f"hydra.run.dir={finished_run}",
+        cache_dir=cache_dir,
+        cwd=tmp_path,
+        check=False,
+    )
     assert proc.returncode == 1 and "already holds a run" in proc.stderr
     assert (finished_run / "checkpoints" / "best" / "model.safetensors").read_bytes() == before

@@ -14,9 +14,17 @@ from lmreason.models.first_token import first_token_only  # noqa: E402
 
 def tiny_classifier(model_type: str = "bert", dropout: float = 0.0):
     config_class = {"bert": transformers.BertConfig, "roberta": transformers.RobertaConfig}[model_type]
-    config = config_class(vocab_size=120, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
-                          hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout, num_labels=3,
-                          max_position_embeddings=64)
+    config = config_class(
+        vocab_size=120,
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=64,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+        num_labels=3,
+        max_position_embeddings=64,
+    )
     torch.manual_seed(0)
     return transformers.AutoModelForSequenceClassification.from_config(config)
 
@@ -50,11 +58,17 @@ def test_same_logits_and_gradients_as_the_full_model(model_type):
 def test_applied_once_and_only_where_the_head_reads_the_first_token():
     model = tiny_classifier()
     assert first_token_only(model) and first_token_only(model)  # idempotent
-    gpt2 = transformers.GPT2ForSequenceClassification(transformers.GPT2Config(
-        vocab_size=120, n_embd=32, n_layer=2, n_head=4, n_positions=64, num_labels=2, pad_token_id=0))
+    gpt2 = transformers.GPT2ForSequenceClassification(
+        transformers.GPT2Config(
+            vocab_size=120, n_embd=32, n_layer=2, n_head=4, n_positions=64, num_labels=2, pad_token_id=0
+        )
+    )
     assert not first_token_only(gpt2)  # its head reads the last token
-    encoder = transformers.BertModel(transformers.BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2,
-                                                             num_attention_heads=4, intermediate_size=64))
+    encoder = transformers.BertModel(
+        transformers.BertConfig(
+            vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64
+        )
+    )
     assert not first_token_only(encoder)  # not a classifier: every position is wanted
     assert encoder(input_ids=torch.tensor([[5, 6, 7]])).last_hidden_state.shape[1] == 3
 

@@ -11,15 +11,30 @@ import json
 import pandas as pd
 import pytest
 import torch
+from conftest import REPO, read_json, run_command
 from omegaconf import OmegaConf
 
-from conftest import REPO, read_json, run_command
-
-TINY_SHAPE = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-              "head_dim": 16, "intermediate_size": 128}
-GEN_TRAIN = ["model=tiny-gpt", "task=gen", "data=chain_sum", "data.sizes={train: 64, validation: 16, test: 16, ood: 16}",
-             "device=cpu", "device.precision=fp32", "optimizer.lr=3e-3", "scheduler.warmup_steps=0",
-             "train.batch_size=8", "train.log_every_steps=2", "generation.max_new_tokens=4"]
+TINY_SHAPE = {
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "intermediate_size": 128,
+}
+GEN_TRAIN = [
+    "model=tiny-gpt",
+    "task=gen",
+    "data=chain_sum",
+    "data.sizes={train: 64, validation: 16, test: 16, ood: 16}",
+    "device=cpu",
+    "device.precision=fp32",
+    "optimizer.lr=3e-3",
+    "scheduler.warmup_steps=0",
+    "train.batch_size=8",
+    "train.log_every_steps=2",
+    "generation.max_new_tokens=4",
+]
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +72,13 @@ def test_tokenize_masks_the_prompt_and_appends_eos(tokenizer):
     from lmreason.training.batching import TokenizedSplit
 
     task = GenerationTask()
-    frame = pd.DataFrame({"prompt": ["What is 2 + 2?", "Add 10 and 5, then subtract 3. What is left?"],
-                          "completion": ["4", "12"]})
+    frame = pd.DataFrame(
+        {"prompt": ["What is 2 + 2?", "Add 10 and 5, then subtract 3. What is left?"], "completion": ["4", "12"]}
+    )
     cols = task.tokenize(frame, tokenizer, gen_cfg(), [])
-    for ids, labels, n_prompt, completion in zip(cols["input_ids"], cols["labels"], cols["prompt_length"], frame["completion"]):
+    for ids, labels, n_prompt, completion in zip(
+        cols["input_ids"], cols["labels"], cols["prompt_length"], frame["completion"]
+    ):
         assert labels[:n_prompt] == [-100] * n_prompt  # no loss on the prompt
         answer = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         assert labels[n_prompt:] == ids[n_prompt:] == answer  # loss on the completion and its eos
@@ -73,14 +91,16 @@ def test_tokenize_masks_the_prompt_and_appends_eos(tokenizer):
     n = cols["length"][short]
     assert batch["attention_mask"][short, :n].all() and not batch["attention_mask"][short, n:].any()
     assert (batch["labels"][short, n:] == -100).all()
-    assert int((batch["labels"] != -100).sum()) == sum(len(c) - p for c, p in zip(cols["input_ids"], cols["prompt_length"]))
+    assert int((batch["labels"] != -100).sum()) == sum(
+        len(c) - p for c, p in zip(cols["input_ids"], cols["prompt_length"])
+    )
     # Plain template; truncation keeps the completion and the end of the prompt.
     plain = task.tokenize(frame, tokenizer, gen_cfg(use_chat_template=False), [])
     assert tokenizer.decode(plain["input_ids"][0][: plain["prompt_length"][0]]).startswith("Question: What is 2 + 2?")
     long = pd.DataFrame({"prompt": ["word " * 200 + "END?"], "completion": ["42"]})
     cut = task.tokenize(long, tokenizer, gen_cfg(), [])
     assert cut["length"][0] == 96 and cut["full_length"][0] > 96
-    assert tokenizer.decode(cut["input_ids"][0]).rstrip("<|im_end|>").endswith("assistant\n42")
+    assert tokenizer.decode(cut["input_ids"][0]).removesuffix("<|im_end|>").endswith("assistant\n42")
 
 
 def test_loss_ignores_prompt_tokens(tiny_dir, tokenizer):
@@ -96,7 +116,9 @@ def test_loss_ignores_prompt_tokens(tiny_dir, tokenizer):
     with torch.no_grad():
         loss, _ = task.forward(model, batch)
         logits = model(input_ids=ids).logits
-    expected = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100)
+    expected = F.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100
+    )
     assert torch.allclose(loss, expected, atol=1e-5)  # mean over the 5 + 3 completion tokens only
     everything = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
     assert not torch.allclose(loss, everything, atol=1e-3)
@@ -111,8 +133,12 @@ def test_left_padded_batches_generate_as_one_at_a_time(tiny_dir, tokenizer):
     ids = encode_prompts(tokenizer, prompts, task_settings(None))
     assert len({len(p) for p in ids}) == 4  # four widths: real left padding
     settings = {"do_sample": False, "max_new_tokens": 6, "temperature": 1.0, "top_p": 1.0}
-    batched, _ = generate_ids(model, tokenizer, ids, OmegaConf.create({**settings, "batch_size": 4}), torch.device("cpu"), "fp32")
-    single, _ = generate_ids(model, tokenizer, ids, OmegaConf.create({**settings, "batch_size": 1}), torch.device("cpu"), "fp32")
+    batched, _ = generate_ids(
+        model, tokenizer, ids, OmegaConf.create({**settings, "batch_size": 4}), torch.device("cpu"), "fp32"
+    )
+    single, _ = generate_ids(
+        model, tokenizer, ids, OmegaConf.create({**settings, "batch_size": 1}), torch.device("cpu"), "fp32"
+    )
     assert batched == single and all(batched)
 
 
@@ -135,7 +161,9 @@ def test_finetune_gen_learns_and_samples_answers(gen_run):
     assert metrics["monitor"] == "val/loss"
     # generate_every_evals=2: the 2nd validation and the last one score generated answers.
     assert ["val/exact_match" in h for h in metrics["history"]] == [False, True, True]
-    assert {"model.safetensors", "config.json", "tokenizer.json"} <= {p.name for p in (gen_run / "checkpoints" / "best").iterdir()}
+    assert {"model.safetensors", "config.json", "tokenizer.json"} <= {
+        p.name for p in (gen_run / "checkpoints" / "best").iterdir()
+    }
 
 
 def test_evaluate_gen_writes_generations_slices_and_the_gap(tmp_path, cache_dir, gen_run, capsys):
@@ -162,13 +190,27 @@ def test_infer_gen_streams_one_prompt_and_batches_a_file(tmp_path, cache_dir, ge
     prompts = ["State the final answer to the following arithmetic problem: 3 + 4 =", "What is 10 - 2?"]
     source = tmp_path / "prompts.jsonl"
     source.write_text("\n".join(json.dumps({"prompt": p}) for p in prompts))
-    run_command("infer", f"run={gen_run}", f"input={source}", "text_column=prompt", f"output={output}", "device=cpu",
-                output_dir=tmp_path / "out", cache_dir=cache_dir)
+    run_command(
+        "infer",
+        f"run={gen_run}",
+        f"input={source}",
+        "text_column=prompt",
+        f"output={output}",
+        "device=cpu",
+        output_dir=tmp_path / "out",
+        cache_dir=cache_dir,
+    )
     rows = [json.loads(line) for line in output.read_text().splitlines()]
     assert [r["text"] for r in rows] == prompts and all("generated" in r for r in rows)
     capsys.readouterr()
-    run_command("infer", f"run={gen_run}", f"text='{prompts[0]}'", "device=cpu", output_dir=tmp_path / "out",
-                cache_dir=cache_dir)
+    run_command(
+        "infer",
+        f"run={gen_run}",
+        f"text='{prompts[0]}'",
+        "device=cpu",
+        output_dir=tmp_path / "out",
+        cache_dir=cache_dir,
+    )
     streamed = capsys.readouterr().out
     assert rows[0]["generated"] in streamed  # greedy: the streamed answer is the batched one
 
@@ -179,11 +221,31 @@ def test_lora_checkpoint_is_merged_and_resumable(tmp_path, tiny_dir, tokenizer):
 
     from lmreason.tasks.gen import GenerationTask
 
-    cfg = OmegaConf.create({"seed": 3, "cache_dir": str(tmp_path), "task": {"name": "gen"}, "regularization": None,
-                            "model": {"name_or_path": tiny_dir, "arch": "decoder", "tokenizer": None, "from_scratch": True,
-                                      "config_overrides": TINY_SHAPE, "max_length": 96, "trust_remote_code": False,
-                                      "lora": {"enabled": True, "rank": 4, "alpha": 8, "dropout": 0.0,
-                                               "target_modules": ["q_proj", "v_proj"], "save_merged": True}}})
+    cfg = OmegaConf.create(
+        {
+            "seed": 3,
+            "cache_dir": str(tmp_path),
+            "task": {"name": "gen"},
+            "regularization": None,
+            "model": {
+                "name_or_path": tiny_dir,
+                "arch": "decoder",
+                "tokenizer": None,
+                "from_scratch": True,
+                "config_overrides": TINY_SHAPE,
+                "max_length": 96,
+                "trust_remote_code": False,
+                "lora": {
+                    "enabled": True,
+                    "rank": 4,
+                    "alpha": 8,
+                    "dropout": 0.0,
+                    "target_modules": ["q_proj", "v_proj"],
+                    "save_merged": True,
+                },
+            },
+        }
+    )
     task = GenerationTask()
     from lmreason.seeding import seed_everything
 
@@ -216,12 +278,25 @@ def test_lora_adapter_only_run_loads_for_evaluate_and_infer(tmp_path, cache_dir,
     tiny_model(tiny_dir).save_pretrained(base)
     tokenizer.save_pretrained(base)
     run_dir = tmp_path / "run"
-    gen_finetune(run_dir, cache_dir, f"model.name_or_path={base}", "model.from_scratch=false", "model.lora.enabled=true",
-                 "model.lora.save_merged=false", "train.epochs=1")
+    gen_finetune(
+        run_dir,
+        cache_dir,
+        f"model.name_or_path={base}",
+        "model.from_scratch=false",
+        "model.lora.enabled=true",
+        "model.lora.save_merged=false",
+        "train.epochs=1",
+    )
     best = run_dir / "checkpoints" / "best"
     assert (best / "adapter_model.safetensors").is_file() and not (best / "model.safetensors").exists()
-    run_command("evaluate", f"run={run_dir}", "compare_ood=false", "device=cpu", output_dir=tmp_path / "out",
-                cache_dir=cache_dir)
+    run_command(
+        "evaluate",
+        f"run={run_dir}",
+        "compare_ood=false",
+        "device=cpu",
+        output_dir=tmp_path / "out",
+        cache_dir=cache_dir,
+    )
     assert read_json(run_dir / "eval" / "test" / "metrics.json")["n"] == 16
 
 
@@ -231,8 +306,12 @@ def test_bad_lora_settings_and_pair_inputs_are_user_errors(tiny_dir, tokenizer):
     from lmreason.tasks.gen import GenerationTask
 
     # (save_merged=false on a random-init base is refused by lmreason.validation: tests/test_validate.py)
-    model_cfg = OmegaConf.create({"from_scratch": False, "lora": {"rank": 4, "alpha": 8, "dropout": 0.0,
-                                                                  "target_modules": ["query"], "save_merged": False}})
+    model_cfg = OmegaConf.create(
+        {
+            "from_scratch": False,
+            "lora": {"rank": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["query"], "save_merged": False},
+        }
+    )
     with pytest.raises(UserError, match="linear layers of this model: .*q_proj"):
         GenerationTask._wrap_lora(tiny_model(tiny_dir), model_cfg)
     with pytest.raises(UserError, match="one text"):
@@ -250,8 +329,24 @@ def test_bench_generate_script_runs_on_tiny_gpt(tmp_path, cache_dir, tiny_dir):
     output = tmp_path / "bench.json"
     threads = torch.get_num_threads()
     try:
-        returned = bench_generate.main(["--model", "tiny", "--prompts", "4", "--batch-size", "2", "--max-new-tokens", "3",
-                                        "--repeats", "1", "--cache-dir", str(cache_dir), "--output", str(output)])
+        returned = bench_generate.main(
+            [
+                "--model",
+                "tiny",
+                "--prompts",
+                "4",
+                "--batch-size",
+                "2",
+                "--max-new-tokens",
+                "3",
+                "--repeats",
+                "1",
+                "--cache-dir",
+                str(cache_dir),
+                "--output",
+                str(output),
+            ]
+        )
     finally:
         torch.set_num_threads(threads)
     result = read_json(output)

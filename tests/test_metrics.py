@@ -155,8 +155,13 @@ def test_slice_metrics_sorts_numbers_numerically():
 
 def test_gap_table_and_missing_values():
     gap = gap_table({"acc": 0.9, "ece": 0.05, "loss": 0.3}, {"acc": 0.7, "ece": 0.15, "loss": None})
-    assert gap["acc"] == {"in_distribution": 0.9, "ood": 0.7, "gap": pytest.approx(0.2),
-                          "ood_worse_by": pytest.approx(0.2), "worse": "ood"}
+    assert gap["acc"] == {
+        "in_distribution": 0.9,
+        "ood": 0.7,
+        "gap": pytest.approx(0.2),
+        "ood_worse_by": pytest.approx(0.2),
+        "worse": "ood",
+    }
     # ECE rises OOD: the raw gap is negative, but "OOD worse by" has the same sign as for accuracy
     assert gap["ece"]["gap"] == pytest.approx(-0.1)
     assert gap["ece"]["ood_worse_by"] == pytest.approx(0.1) and gap["ece"]["worse"] == "ood"

@@ -13,23 +13,29 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import read_json, run_cli
 from hydra import compose, initialize_config_dir
 
-from conftest import read_json, run_cli
 from lmreason.config import config_dir
 from lmreason.errors import UserError
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-TEXTS = ["the film was really great and long", "the film was really awful and short", "dull",
-         "the film was really wonderful and short, and then some more words to make it the longest input here"]
+TEXTS = [
+    "the film was really great and long",
+    "the film was really awful and short",
+    "dull",
+    "the film was really wonderful and short, and then some more words to make it the longest input here",
+]
 
 
 def composed(command: str, *overrides: str, tmp_path: Path, cache_dir: Path):
     with initialize_config_dir(config_dir=config_dir(), version_base=None):
-        return compose(config_name=command, overrides=["device=cpu", *overrides, f"output_dir={tmp_path / 'out'}",
-                                                       f"cache_dir={cache_dir}"])
+        return compose(
+            config_name=command,
+            overrides=["device=cpu", *overrides, f"output_dir={tmp_path / 'out'}", f"cache_dir={cache_dir}"],
+        )
 
 
 def lmreason(command: str, *overrides: str, tmp_path: Path, cache_dir: Path):
@@ -46,8 +52,15 @@ def exported_run(tmp_path_factory, finished_run, cache_dir) -> Path:
     one flipped label moves accuracy by 2 points)."""
     run = tmp_path_factory.mktemp("onnx") / "run"
     shutil.copytree(finished_run, run)
-    lmreason("export", f"run={run}", "export.quantize=int8", "export.int8_max_acc_drop=0.05",
-             "export.int8_min_agreement=0.9", tmp_path=run.parent, cache_dir=cache_dir)
+    lmreason(
+        "export",
+        f"run={run}",
+        "export.quantize=int8",
+        "export.int8_max_acc_drop=0.05",
+        "export.int8_min_agreement=0.9",
+        tmp_path=run.parent,
+        cache_dir=cache_dir,
+    )
     return run
 
 
@@ -101,21 +114,29 @@ def test_export_of_a_graph_that_disagrees_leaves_nothing_behind(finished_run, tm
     run = fresh_copy(finished_run, tmp_path)
     real = onnx_export._compare
     monkeypatch.setattr(onnx_export, "_compare", lambda *a: {**real(*a), "max_abs_logit_diff": 0.5})
-    with pytest.raises(UserError, match=r"fp32 graph disagrees .*5\.00e-01 > export.tolerance=0.001.*nothing was written"):
+    with pytest.raises(
+        UserError, match=r"fp32 graph disagrees .*5\.00e-01 > export.tolerance=0.001.*nothing was written"
+    ):
         lmreason("export", f"run={run}", tmp_path=tmp_path, cache_dir=cache_dir)
     onnx_dir = run / "checkpoints" / "best" / "onnx"
     assert not any(onnx_dir.iterdir())
 
 
-def test_an_int8_graph_that_costs_too_much_accuracy_is_refused_and_fp32_kept(finished_run, tmp_path, cache_dir,
-                                                                               monkeypatch):
+def test_an_int8_graph_that_costs_too_much_accuracy_is_refused_and_fp32_kept(
+    finished_run, tmp_path, cache_dir, monkeypatch
+):
     from lmreason.models import onnx_export
 
     run = fresh_copy(finished_run, tmp_path)
     real = onnx_export._compare
-    monkeypatch.setattr(onnx_export, "_compare", lambda path, *a: {**real(path, *a), **(
-        {"label_agreement": 0.5} if ".int8." in path.name else {})})
-    with pytest.raises(UserError, match=r"int8 graph is not kept: its labels agree .* on 50.0%.*model.onnx \(fp32\) is kept"):
+    monkeypatch.setattr(
+        onnx_export,
+        "_compare",
+        lambda path, *a: {**real(path, *a), **({"label_agreement": 0.5} if ".int8." in path.name else {})},
+    )
+    with pytest.raises(
+        UserError, match=r"int8 graph is not kept: its labels agree .* on 50.0%.*model.onnx \(fp32\) is kept"
+    ):
         lmreason("export", f"run={run}", "export.quantize=int8", tmp_path=tmp_path, cache_dir=cache_dir)
     onnx_dir = run / "checkpoints" / "best" / "onnx"
     assert sorted(p.name for p in onnx_dir.iterdir()) == ["export.json", "model.onnx"]
@@ -125,16 +146,24 @@ def test_an_int8_graph_that_costs_too_much_accuracy_is_refused_and_fp32_kept(fin
 # --------------------------------------------------------------------------- infer / evaluate through the graph
 def test_infer_backend_onnx_gives_torchs_rows_in_order(exported_run, tmp_path, cache_dir, capsys):
     torch_rows = lmreason("infer", f"run={exported_run}", f"text={TEXTS}", tmp_path=tmp_path, cache_dir=cache_dir)
-    onnx_rows = lmreason("infer", f"run={exported_run}", f"text={TEXTS}", "backend=onnx", "batch_size=3",
-                         tmp_path=tmp_path, cache_dir=cache_dir)
+    onnx_rows = lmreason(
+        "infer",
+        f"run={exported_run}",
+        f"text={TEXTS}",
+        "backend=onnx",
+        "batch_size=3",
+        tmp_path=tmp_path,
+        cache_dir=cache_dir,
+    )
     assert "backend onnx (CPUExecutionProvider" in printed(capsys)
     assert [r["text"] for r in onnx_rows] == [r["text"] for r in torch_rows] == TEXTS
     assert [r["label"] for r in onnx_rows] == [r["label"] for r in torch_rows]
     for a, b in zip(torch_rows, onnx_rows):
         assert a.keys() == b.keys()
         assert b["probs"] == pytest.approx(a["probs"], abs=1e-5)
-    int8_rows = lmreason("infer", f"run={exported_run}", f"text={TEXTS}", "backend=onnx-int8",
-                         tmp_path=tmp_path, cache_dir=cache_dir)
+    int8_rows = lmreason(
+        "infer", f"run={exported_run}", f"text={TEXTS}", "backend=onnx-int8", tmp_path=tmp_path, cache_dir=cache_dir
+    )
     assert sum(a["label"] == b["label"] for a, b in zip(torch_rows, int8_rows)) >= len(TEXTS) - 1
 
 
@@ -158,7 +187,10 @@ def test_evaluate_backend_onnx_writes_the_same_files_and_answers(exported_run, t
         return sorted(str(p.relative_to(run / "eval")) for p in (run / "eval").rglob("*") if p.is_file())
 
     def predicted(run, split):
-        return [json.loads(line)["predicted"] for line in (run / "eval" / split / "predictions.jsonl").read_text().splitlines()]
+        return [
+            json.loads(line)["predicted"]
+            for line in (run / "eval" / split / "predictions.jsonl").read_text().splitlines()
+        ]
 
     torch_run, onnx_run = tmp_path / "torch", tmp_path / "onnx"
     for copy in (torch_run, onnx_run):
@@ -203,12 +235,16 @@ def test_export_and_onnx_backends_of_a_generation_model_say_cls_only(gen_model_d
     with pytest.raises(UserError, match="is a task=gen model; ONNX export supports task=cls"):
         lmreason("export", f"checkpoint={gen_model_dir}", tmp_path=tmp_path, cache_dir=cache_dir)
     with pytest.raises(UserError, match="backend=onnx supports task=cls .* use backend=torch"):
-        lmreason("infer", f"checkpoint={gen_model_dir}", "text=hi", "backend=onnx", tmp_path=tmp_path, cache_dir=cache_dir)
+        lmreason(
+            "infer", f"checkpoint={gen_model_dir}", "text=hi", "backend=onnx", tmp_path=tmp_path, cache_dir=cache_dir
+        )
 
 
 def test_without_onnxruntime_the_line_gives_the_install_command(exported_run, tmp_path, cache_dir, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` raises ImportError
-    with pytest.raises(UserError, match=r"needs onnxruntime and onnx, which are not installed .*pip install 'lmreason\[onnx\]'"):
+    with pytest.raises(
+        UserError, match=r"needs onnxruntime and onnx, which are not installed .*pip install 'lmreason\[onnx\]'"
+    ):
         lmreason("export", f"run={exported_run}", tmp_path=tmp_path, cache_dir=cache_dir)
     with pytest.raises(UserError, match=r"backend=onnx needs onnxruntime .*pip install 'lmreason\[onnx\]'"):
         lmreason("infer", f"run={exported_run}", "text=hi", "backend=onnx", tmp_path=tmp_path, cache_dir=cache_dir)
@@ -218,21 +254,32 @@ def test_a_damaged_graph_is_one_line_saying_export_again(exported_run, tmp_path,
     run = tmp_path / "run"
     shutil.copytree(exported_run, run, ignore=shutil.ignore_patterns("eval"))
     (run / "checkpoints" / "best" / "onnx" / "model.onnx").write_bytes(b"\x08\x07not a graph")
-    with pytest.raises(UserError, match=r"model.onnx: cannot load this ONNX graph .*export it again with lmreason export"):
+    with pytest.raises(
+        UserError, match=r"model.onnx: cannot load this ONNX graph .*export it again with lmreason export"
+    ):
         lmreason("infer", f"run={run}", "text=hi", "backend=onnx", tmp_path=tmp_path, cache_dir=cache_dir)
 
 
-@pytest.mark.parametrize("command,value,message", [
-    ("infer", "onnx32", "backend=onnx32: not a backend; choose torch, onnx, onnx-int8"),
-    ("infer", "[torch,onnx]", "infer takes one backend"),
-    ("evaluate", "[torch,tensorrt]", "backend=tensorrt: not a backend"),
-    ("evaluate", "[onnx,onnx]", "give each backend once"),
-])
+@pytest.mark.parametrize(
+    "command,value,message",
+    [
+        ("infer", "onnx32", "backend=onnx32: not a backend; choose torch, onnx, onnx-int8"),
+        ("infer", "[torch,onnx]", "infer takes one backend"),
+        ("evaluate", "[torch,tensorrt]", "backend=tensorrt: not a backend"),
+        ("evaluate", "[onnx,onnx]", "give each backend once"),
+    ],
+)
 def test_a_bad_backend_is_refused_before_any_work(command, value, message, tmp_path, cache_dir):
     from lmreason.validation import validate
 
-    cfg = composed(command, "run=r", f"backend={value}", *(["text=hi"] if command == "infer" else []),
-                   tmp_path=tmp_path, cache_dir=cache_dir)
+    cfg = composed(
+        command,
+        "run=r",
+        f"backend={value}",
+        *(["text=hi"] if command == "infer" else []),
+        tmp_path=tmp_path,
+        cache_dir=cache_dir,
+    )
     with pytest.raises(UserError, match=message.replace("[", r"\[")):
         validate(command, cfg)
 
@@ -242,4 +289,5 @@ def test_the_cli_refusal_is_one_line(gen_model_dir, tmp_path, cache_dir):
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [
         f"lmreason export: error: {gen_model_dir} is a task=gen model; ONNX export supports task=cls (classification) "
-        "models only; run task=gen models with backend=torch"]
+        "models only; run task=gen models with backend=torch"
+    ]

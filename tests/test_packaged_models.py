@@ -122,10 +122,12 @@ def test_smollm2_converts_once_then_reuses(tmp_path, caplog):
     assert tokenizer.model_max_length == model.config.max_position_embeddings
     prompt = tokenizer.apply_chat_template(
         [{"role": "user", "content": "What is the capital of France?"}],
-        add_generation_prompt=True, return_tensors="pt", return_dict=True,
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
     )
     out = model.generate(**prompt, max_new_tokens=12, do_sample=False)
-    assert "Paris" in tokenizer.decode(out[0, prompt["input_ids"].shape[1]:])
+    assert "Paris" in tokenizer.decode(out[0, prompt["input_ids"].shape[1] :])
 
     caplog.clear()
     second = resolve_model("smollm2-135m-instruct", cache_dir=tmp_path)

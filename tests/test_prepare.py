@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import SHARED_DATA, assert_one_line_error, run_cli, run_command, write_sentiment_csv
+
 from lmreason.errors import UserError
 
 TINY = ["model=tiny-bert"]
@@ -46,11 +46,19 @@ def test_csv_is_split_stratified_and_summarised(tmp_path, prepare):
 
 
 def test_jsonl_with_text_pairs(tmp_path, prepare):
-    rows = [{"premise": f"a man plays {i}", "hypothesis": f"someone plays {i % 3}", "gold": ["yes", "no"][i % 2]} for i in range(40)]
+    rows = [
+        {"premise": f"a man plays {i}", "hypothesis": f"someone plays {i % 3}", "gold": ["yes", "no"][i % 2]}
+        for i in range(40)
+    ]
     data = tmp_path / "pairs.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in rows))
-    out = prepare("data=local", f"data.path={data}", "data.text_column=premise",
-                  "data.text_pair_column=hypothesis", "data.label_column=gold")
+    out = prepare(
+        "data=local",
+        f"data.path={data}",
+        "data.text_column=premise",
+        "data.text_pair_column=hypothesis",
+        "data.label_column=gold",
+    )
     assert "no: 16, yes: 16" in out
 
 
@@ -60,9 +68,9 @@ def test_second_run_reuses_cache_and_changes_rebuild_it(tmp_path, prepare):
     assert "built cache" in prepare(*args)
     assert "reused cache" in prepare(*args)
     assert "built cache" in prepare(*args, "model.max_length=16")  # setting
-    assert "built cache" in prepare(*args, "data.seed=7")         # data config
+    assert "built cache" in prepare(*args, "data.seed=7")  # data config
     data.write_text(data.read_text() + "the film was really great and long,1,a\n")
-    assert "built cache" in prepare(*args)                        # file content
+    assert "built cache" in prepare(*args)  # file content
     tokenizer = ["model.tokenizer=bert-base-uncased"]  # another tokenizer: unreachable offline, clear error
     assert "bert-base-uncased" in refused(prepare, *args, *tokenizer)
 
@@ -138,6 +146,14 @@ def test_missing_path_is_refused(tmp_path, prepare):
 def test_bad_input_on_the_command_line_is_one_line(tmp_path, cache_dir):
     """The CLI contract for prepare: a UserError ends the process with status 1 and one line, no traceback."""
     (tmp_path / "data.csv").write_text("text,lab\nhello,1\nbye,0\n")
-    proc = run_cli("prepare", *TINY, "data=local", f"data.path={tmp_path / 'data.csv'}", f"hydra.run.dir={tmp_path / 'out'}",
-                   cache_dir=cache_dir, cwd=tmp_path, check=False)
+    proc = run_cli(
+        "prepare",
+        *TINY,
+        "data=local",
+        f"data.path={tmp_path / 'data.csv'}",
+        f"hydra.run.dir={tmp_path / 'out'}",
+        cache_dir=cache_dir,
+        cwd=tmp_path,
+        check=False,
+    )
     assert_one_line_error(proc, "no column 'label' (data.label_column)")

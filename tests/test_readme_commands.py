@@ -34,7 +34,7 @@ SHELL_BLOCKS = ("bash", "sh", "shell")
 SKIPPED = {
     r"^bash scripts/install\.sh": "installs packages into the environment (the demo's steps are the lmreason commands run here)",
     r"^mkdir -p sst2 && python3 -c .*load_dataset": "downloads SST-2 from the Hugging Face hub (no network here); a tiny "
-                                                    "sst2/ in the layout that line writes stands in (SST2_ROWS)",
+    "sst2/ in the layout that line writes stands in (SST2_ROWS)",
     r"^torchrun ": "several processes (DDP): tests/test_distributed.py runs lmreason under torchrun",
     r"^tensorboard ": "TensorBoard's own server, not lmreason (tests/test_finetune.py reads the runs' event files)",
     r"^lmreason .*hydra/launcher=slurm": "submits to SLURM, which this machine has not (tests/test_sweeps.py composes it)",
@@ -84,8 +84,8 @@ REVIEWS = ["a gripping, funny film", "it's fine", "long, and dull"]  # reviews.c
 # --------------------------------------------------------------------------- reading the README
 @dataclass
 class Line:
-    text: str              # the command line, continuations joined
-    section: str           # the README heading above it
+    text: str  # the command line, continuations joined
+    section: str  # the README heading above it
     words: list[str] = field(default_factory=list)  # the lmreason argv (after any pipe), as a shell splits it
     stdin_command: str | None = None  # the shell command piped into it, if any
     skip: str | None = None  # why it is not run
@@ -190,7 +190,9 @@ def make_inputs(cwd: Path) -> None:
             writer.writerow(["text", "label"])
             for i in range(n):
                 words = positive if i % 2 else negative
-                writer.writerow([f"the film was {words[i // 2 % 4]}, {'long' if i % 3 else 'short'} and {split}", i % 2])
+                writer.writerow(
+                    [f"the film was {words[i // 2 % 4]}, {'long' if i % 3 else 'short'} and {split}", i % 2]
+                )
     with open(cwd / "reviews.csv", "w", newline="") as f:
         csv.writer(f).writerows([["text"], *([t] for t in REVIEWS)])
 
@@ -240,8 +242,16 @@ def dirs(pattern: str, cwd: Path) -> set[Path]:
     return {p.relative_to(cwd) for p in cwd.glob(pattern) if p.is_dir()}
 
 
-def check_outputs(words: list[str], cwd: Path, new_runs: set, new_sweeps: set, new_evals: set, out: str, started: float,
-                  stdin: str | None):
+def check_outputs(
+    words: list[str],
+    cwd: Path,
+    new_runs: set,
+    new_sweeps: set,
+    new_evals: set,
+    out: str,
+    started: float,
+    stdin: str | None,
+):
     """What the command should have written, where that is cheap to check; a message, or None when it holds."""
     command, args = words[1], words[2:]
     multirun = "-m" in args
@@ -249,8 +259,10 @@ def check_outputs(words: list[str], cwd: Path, new_runs: set, new_sweeps: set, n
         if len(new_sweeps) != 1:
             return f"expected one new multirun dir, got {sorted(map(str, new_sweeps))}"
         jobs = sorted(p for p in (cwd / next(iter(new_sweeps))).iterdir() if (p / ".hydra").is_dir())
-        statuses = [json.loads((job / "metrics.json").read_text())["status"] if (job / "metrics.json").is_file() else None
-                    for job in jobs]
+        statuses = [
+            json.loads((job / "metrics.json").read_text())["status"] if (job / "metrics.json").is_file() else None
+            for job in jobs
+        ]
         if not jobs or any(s not in ("completed", "early_stopped") for s in statuses):
             return f"sweep jobs {[j.name for j in jobs]} ended {statuses}"
     elif command == "finetune":
@@ -263,14 +275,22 @@ def check_outputs(words: list[str], cwd: Path, new_runs: set, new_sweeps: set, n
         if not (cwd / option(args, "sweep") / "sweep_report.csv").is_file():
             return "no sweep_report.csv in the sweep dir"
     elif command == "evaluate":
-        root = cwd / option(args, "run") if option(args, "run") else (cwd / next(iter(new_evals)) if len(new_evals) == 1 else None)
+        root = (
+            cwd / option(args, "run")
+            if option(args, "run")
+            else (cwd / next(iter(new_evals)) if len(new_evals) == 1 else None)
+        )
         metrics = root / "eval" / (option(args, "split") or "test") / "metrics.json" if root else None
         if metrics is None or not metrics.is_file() or metrics.stat().st_mtime < started:
             return f"no new {metrics}"
     elif command == "infer":
         output = option(args, "output")
         if output:
-            rows = [json.loads(line) for line in (cwd / output).read_text().splitlines()] if (cwd / output).is_file() else []
+            rows = (
+                [json.loads(line) for line in (cwd / output).read_text().splitlines()]
+                if (cwd / output).is_file()
+                else []
+            )
             return None if len(rows) == len(REVIEWS) else f"{output}: {len(rows)} predictions, expected {len(REVIEWS)}"
         given = stdin.splitlines() if option(args, "input") == "-" else [w for w in args if w.startswith("text=")]
         if not re.search(rf"\b{len(given)} predictions? in ", out):
@@ -316,8 +336,11 @@ def test_readme_commands_run_as_typed(tmp_path, cache_dir, tiny_smollm2, monkeyp
         stdin = None
         if line.stdin_command:  # e.g. printf 'great\nawful\n': the shell gives the text
             stdin = subprocess.run(line.stdin_command, shell=True, capture_output=True, text=True, check=True).stdout
-        before = (dirs("outputs/finetune/*/*", tmp_path), dirs("outputs/finetune/multirun/*/*", tmp_path),
-                  dirs("outputs/evaluate/*/*", tmp_path))
+        before = (
+            dirs("outputs/finetune/*/*", tmp_path),
+            dirs("outputs/finetune/multirun/*/*", tmp_path),
+            dirs("outputs/evaluate/*/*", tmp_path),
+        )
         started = time.time() - 1
         code = run_in_process(argv[1:], stdin, monkeypatch)
         seconds = time.time() - started - 1
@@ -335,7 +358,9 @@ def test_readme_commands_run_as_typed(tmp_path, cache_dir, tiny_smollm2, monkeyp
         if problem:
             failures.append(f"[{line.section}] {line.text}\n  ran: {typed}\n  {problem}\n{out[-1500:]}")
         if argv[1] == "finetune":
-            runs += [(run, OmegaConf.load(tmp_path / run / ".hydra" / "config.yaml").task.name) for run in sorted(new_runs)]
+            runs += [
+                (run, OmegaConf.load(tmp_path / run / ".hydra" / "config.yaml").task.name) for run in sorted(new_runs)
+            ]
             sweeps += sorted(new_sweeps)
     with capfd.disabled():
         print("\n" + "\n".join(report))

@@ -120,7 +120,9 @@ def test_score_answer_on_a_cls_row(cls_splits):
 
 def test_ood_labels_unseen_in_train_are_warned_about(caplog):
     with caplog.at_level(logging.WARNING, logger="lmreason.data.reasoning"):
-        generate_reasoning_splits(TASK, {"train": 100, "ood": 100}, 0, ID, {"min_family_size": 11, "max_family_size": 12})
+        generate_reasoning_splits(
+            TASK, {"train": 100, "ood": 100}, 0, ID, {"min_family_size": 11, "max_family_size": 12}
+        )
     assert "never seen in train" in caplog.text
 
 
@@ -129,7 +131,10 @@ def test_ood_labels_unseen_in_train_are_warned_about(caplog):
     [
         ({"task": "family_relationship"}, "did you mean family_relationships"),
         ({"task": "nonsense_xyz"}, "not a reasoning-gym generator"),
-        ({"id_config": {"max_familysize": 5}}, "id_config.max_familysize: not a family_relationships setting; did you mean 'max_family_size'? valid settings: min_family_size, max_family_size"),
+        (
+            {"id_config": {"max_familysize": 5}},
+            "id_config.max_familysize: not a family_relationships setting; did you mean 'max_family_size'? valid settings: min_family_size, max_family_size",
+        ),
         ({"ood_config": {"colour": 1}}, "ood_config.colour"),
         ({"id_config": {"seed": 3}}, "data.seed"),
         ({"id_config": {"min_family_size": 1}}, "min_family_size must be at least 3"),
@@ -142,13 +147,26 @@ def test_ood_labels_unseen_in_train_are_warned_about(caplog):
         ({"task": "basic_arithmetic", "id_config": {}, "ood_config": None}, "use task=gen"),
         ({"task": "propositional_logic", "id_config": {}, "ood_config": None}, "no single reference answer"),
         ({"task": "count_bits", "id_config": {"min_n": 1, "max_n": 2}, "ood_config": None}, "nothing to classify"),
-        ({"task": "count_bits", "id_config": {"min_n": 1, "max_n": 4}, "ood_config": None,
-          "sizes": {"train": 30, "test": 5}}, "lower sizes.test"),
+        (
+            {
+                "task": "count_bits",
+                "id_config": {"min_n": 1, "max_n": 4},
+                "ood_config": None,
+                "sizes": {"train": 30, "test": 5},
+            },
+            "lower sizes.test",
+        ),
     ],
 )
 def test_bad_input_raises_one_line_user_error(kwargs, expected):
-    args = {"task": TASK, "sizes": {"train": 60, "test": 10, "ood": 10}, "seed": 0, "id_config": ID,
-            "ood_config": OOD, "mode": "cls"}
+    args = {
+        "task": TASK,
+        "sizes": {"train": 60, "test": 10, "ood": 10},
+        "seed": 0,
+        "id_config": ID,
+        "ood_config": OOD,
+        "mode": "cls",
+    }
     args.update(kwargs)
     with pytest.raises(UserError) as info:
         generate_reasoning_splits(**args)

@@ -17,10 +17,18 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import (
+    TINY_TRAIN,
+    cli_env,
+    compose_command,
+    finetune_in_process,
+    read_json,
+    run_cli,
+    run_command,
+    write_sentiment_csv,
+)
 from omegaconf import OmegaConf, open_dict
 
-from conftest import (TINY_TRAIN, cli_env, compose_command, finetune_in_process, read_json, run_cli, run_command,
-                      write_sentiment_csv)
 from lmreason.errors import UserError
 
 
@@ -73,9 +81,17 @@ def test_killed_anywhere_resumes_to_the_same_weights_and_metrics(tmp_path, cache
     each, it ends with exactly the weights and metrics of a run never interrupted (CPU, fp32: bit for bit)."""
     data = write_sentiment_csv(tmp_path / "data.csv", 96, seed=21)
     # 77 train rows / batch 16 = 5 steps per epoch, 15 steps; a checkpoint every 3 steps; dropout on.
-    args = [*TINY_TRAIN, "data=local", f"data.path={data}", "train.epochs=3", "train.eval_every_steps=3",
-            "train.eval_every_epoch=false", "train.eval_batch_size=4", "train.early_stopping.enabled=false",
-            "regularization=dropout"]
+    args = [
+        *TINY_TRAIN,
+        "data=local",
+        f"data.path={data}",
+        "train.epochs=3",
+        "train.eval_every_steps=3",
+        "train.eval_every_epoch=false",
+        "train.eval_batch_size=4",
+        "train.early_stopping.enabled=false",
+        "regularization=dropout",
+    ]
     full, run = tmp_path / "full", tmp_path / "run"
     run_cli("finetune", *args, f"hydra.run.dir={full}", cache_dir=cache_dir, cwd=tmp_path)
     last, best = run / "checkpoints" / "last", run / "checkpoints" / "best"
@@ -102,13 +118,19 @@ def test_killed_anywhere_resumes_to_the_same_weights_and_metrics(tmp_path, cache
     # Resumed at 9 (put back), SIGTERM during step 11: it finishes the step, saves and says how to go on.
     proc = stage("train_step:2:TERM")
     assert proc.returncode == 1
-    assert f"stopped by SIGTERM at step 11; checkpoint saved. Continue with: lmreason finetune resume={run}" in proc.stderr
+    assert (
+        f"stopped by SIGTERM at step 11; checkpoint saved. Continue with: lmreason finetune resume={run}" in proc.stderr
+    )
     assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
     assert checkpoint_step(last) == 11 and read_json(run / "metrics.json")["status"] == "interrupted"
     # Resumed at 11, the disk is full when the step-12 checkpoint is written: a clear line, step 11's intact.
     before = {p.name: p.read_bytes() for p in last.iterdir()}
     proc = stage("checkpoint_write:1:ENOSPC")
-    assert proc.returncode == 1 and "No space left on device" in proc.stderr and "previous checkpoint is kept" in proc.stderr
+    assert (
+        proc.returncode == 1
+        and "No space left on device" in proc.stderr
+        and "previous checkpoint is kept" in proc.stderr
+    )
     assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
     assert {p.name: p.read_bytes() for p in last.iterdir()} == before
     assert not list(last.parent.glob(".last.*"))
@@ -117,8 +139,11 @@ def test_killed_anywhere_resumes_to_the_same_weights_and_metrics(tmp_path, cache
     resumed, uninterrupted = read_json(run / "metrics.json"), read_json(full / "metrics.json")
     assert resumed["status"] == uninterrupted["status"] == "completed"
     assert resumed["history"] == uninterrupted["history"]  # every validation metric, exactly
-    assert (resumed["steps"], resumed["best_step"], resumed["best_metric"]) == \
-        (uninterrupted["steps"], uninterrupted["best_step"], uninterrupted["best_metric"])
+    assert (resumed["steps"], resumed["best_step"], resumed["best_metric"]) == (
+        uninterrupted["steps"],
+        uninterrupted["best_step"],
+        uninterrupted["best_metric"],
+    )
     assert_same_weights(last, full / "checkpoints" / "last")
     assert_same_weights(best, full / "checkpoints" / "best")
     assert sorted(p.name for p in last.parent.iterdir()) == ["best", "last"]  # nothing half-written left
@@ -143,7 +168,10 @@ def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path, cache_dir, m
         signal.signal(signal.SIGINT, handlers[0])
         signal.signal(signal.SIGTERM, handlers[1])
     run_dir = tmp_path / "out"
-    assert f"stopped by SIGINT at step 2; checkpoint saved. Continue with: lmreason finetune resume={run_dir}" in one_line(exc)
+    assert (
+        f"stopped by SIGINT at step 2; checkpoint saved. Continue with: lmreason finetune resume={run_dir}"
+        in one_line(exc)
+    )
     assert checkpoint_step(run_dir / "checkpoints" / "last") == 2
 
 
@@ -154,10 +182,26 @@ def test_two_processes_preparing_the_same_data_at_once_share_one_intact_cache(tm
     cache = tmp_path / "cache"
     # Both build the cache and meet right before renaming it into place: the race a multirun makes.
     env = {**cli_env(cache), "LMREASON_RENDEZVOUS": f"prepare_write:{tmp_path / 'meet'}:2"}
-    procs = [subprocess.Popen([sys.executable, "-m", "lmreason", "prepare", "model=tiny-bert", "data=local",
-                               f"data.path={data}", f"hydra.run.dir={tmp_path / f'out{i}'}"],
-                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "lmreason",
+                "prepare",
+                "model=tiny-bert",
+                "data=local",
+                f"data.path={data}",
+                f"hydra.run.dir={tmp_path / f'out{i}'}",
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     outputs = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     assert len(list((tmp_path / "meet").iterdir())) == 2  # both really got to the rename
@@ -173,9 +217,20 @@ def test_a_new_run_leaves_an_existing_run_dir_untouched(tmp_path, cache_dir, fin
     run_dir = tmp_path / "copy"
     shutil.copytree(finished_run, run_dir)
     before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
-    proc = run_cli("finetune", *TINY_TRAIN, "data=local", "data.path=x.csv", f"hydra.run.dir={run_dir}",
-                   cache_dir=cache_dir, cwd=tmp_path, check=False)
-    assert proc.returncode == 1 and f"already holds a run; start a new one or resume it with resume={run_dir}" in proc.stderr
+    proc = run_cli(
+        "finetune",
+        *TINY_TRAIN,
+        "data=local",
+        "data.path=x.csv",
+        f"hydra.run.dir={run_dir}",
+        cache_dir=cache_dir,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert (
+        proc.returncode == 1
+        and f"already holds a run; start a new one or resume it with resume={run_dir}" in proc.stderr
+    )
     assert proc.stderr.strip().count("\n") == 0
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before  # .hydra/ and the log too
 
@@ -183,17 +238,20 @@ def test_a_new_run_leaves_an_existing_run_dir_untouched(tmp_path, cache_dir, fin
 # --------------------------------------------------------------------------- 4. bad config fails first
 BAD_FINETUNE_CONFIGS = {
     "fp16 on the CPU": (["device.precision=fp16"], "device.precision=fp16 needs a CUDA GPU"),
-    "more frozen layers than the model has": (["regularization.freeze_layers=3"],
-                                              "regularization.freeze_layers=3: the model has 2 layers; use 0..2"),
+    "more frozen layers than the model has": (
+        ["regularization.freeze_layers=3"],
+        "regularization.freeze_layers=3: the model has 2 layers; use 0..2",
+    ),
     "negative frozen layers": (["regularization.freeze_layers=-1"], "regularization.freeze_layers=-1"),
     "accumulation of 0": (["train.grad_accum_steps=0"], "train.grad_accum_steps=0: must be >= 1"),
     "logging every 0 steps": (["train.log_every_steps=0"], "train.log_every_steps=0: must be >= 1"),
-    "a monitor the task never reports": (["train.early_stopping.monitor=val/accuracy"],
-                                         "train.early_stopping.monitor=val/accuracy is not a validation metric"),
+    "a monitor the task never reports": (
+        ["train.early_stopping.monitor=val/accuracy"],
+        "train.early_stopping.monitor=val/accuracy is not a validation metric",
+    ),
     "a negative learning rate": (["optimizer.lr=-0.1"], "optimizer.lr=-0.1"),
     "no clipping bound": (["train.max_grad_norm=0"], "train.max_grad_norm=0"),
-    "an OOD share of one file": (["+data.split_ratios.ood=0.1"],
-                                 "data.split_ratios.ood=0.1: a random share of"),
+    "an OOD share of one file": (["+data.split_ratios.ood=0.1"], "data.split_ratios.ood=0.1: a random share of"),
 }
 
 
@@ -211,21 +269,37 @@ def test_bad_finetune_config_fails_before_any_work(tmp_path, case):
 
 def test_bad_config_on_the_command_line_is_one_line_and_writes_nothing(tmp_path):
     data = write_sentiment_csv(tmp_path / "data.csv", 40)
-    proc = run_cli("finetune", *TINY_TRAIN, "data=local", f"data.path={data}", "device.precision=fp16",
-                   f"hydra.run.dir={tmp_path / 'run'}", cache_dir=tmp_path / "cache", cwd=tmp_path, check=False)
+    proc = run_cli(
+        "finetune",
+        *TINY_TRAIN,
+        "data=local",
+        f"data.path={data}",
+        "device.precision=fp16",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        cache_dir=tmp_path / "cache",
+        cwd=tmp_path,
+        check=False,
+    )
     assert proc.returncode == 1 and "device.precision=fp16 needs a CUDA GPU; on the CPU use bf16 or fp32" in proc.stderr
     assert proc.stderr.strip().count("\n") == 0
     assert not (tmp_path / "cache" / "prepared").exists() and not (tmp_path / "run" / "checkpoints").exists()
 
 
-@pytest.mark.parametrize("data", [["data=local", "data.path={csv}"], ["data=reasoning", "data.ood_config=null"]],
-                         ids=["one file", "reasoning without ood_config"])
+@pytest.mark.parametrize(
+    "data",
+    [["data=local", "data.path={csv}"], ["data=reasoning", "data.ood_config=null"]],
+    ids=["one file", "reasoning without ood_config"],
+)
 def test_evaluating_an_ood_split_of_data_without_one_fails_before_loading(tmp_path, cache_dir, finished_run, data):
     from lmreason.commands import evaluate
 
     csv = write_sentiment_csv(tmp_path / "data.csv", 40)
-    cfg = compose_command("evaluate", [f"checkpoint={finished_run / 'checkpoints' / 'best'}", "split=ood",
-                                       *(d.format(csv=csv) for d in data)], tmp_path / "out", cache_dir)
+    cfg = compose_command(
+        "evaluate",
+        [f"checkpoint={finished_run / 'checkpoints' / 'best'}", "split=ood", *(d.format(csv=csv) for d in data)],
+        tmp_path / "out",
+        cache_dir,
+    )
     with pytest.raises(UserError) as exc:
         evaluate.run(cfg)
     assert "split=ood: the data" in one_line(exc) and "has no OOD split" in str(exc.value)
@@ -238,8 +312,15 @@ def test_nonfinite_skip_skips_the_step_counts_it_and_finishes(tmp_path, cache_di
 
     data = write_sentiment_csv(tmp_path / "data.csv", 60, seed=24)
     monkeypatch.setenv("LMREASON_FAULT_AT", "loss:3:NAN")  # the 3rd micro-batch = step 3 (no accumulation)
-    results = finetune_in_process(tmp_path / "out", cache_dir, "data=local", f"data.path={data}", "train.epochs=2",
-                                  "train.nonfinite=skip", "train.early_stopping.enabled=false")
+    results = finetune_in_process(
+        tmp_path / "out",
+        cache_dir,
+        "data=local",
+        f"data.path={data}",
+        "train.epochs=2",
+        "train.nonfinite=skip",
+        "train.early_stopping.enabled=false",
+    )
     metrics = read_json(tmp_path / "out" / "metrics.json")
     assert metrics["status"] == "completed" and metrics["skipped_steps"] == results["skipped_steps"] == 1
     assert metrics["steps"] == 6  # 48 rows / 16 x 2 epochs: the skipped step still counts, the schedule is unchanged
@@ -283,8 +364,14 @@ def test_a_planted_pytorch_model_bin_is_never_loaded(tmp_path, cache_dir, run_co
     for name in ("best", "last"):
         torch.save({"weight": WritesAFile(marker)}, run_copy / "checkpoints" / name / "pytorch_model.bin")
     # Next to the safetensors weights: those load, the pickle is ignored.
-    evaluate.run(compose_command("evaluate", [f"run={run_copy}", "split=validation", "compare_ood=false", "device=cpu"],
-                                 tmp_path / "out", cache_dir))
+    evaluate.run(
+        compose_command(
+            "evaluate",
+            [f"run={run_copy}", "split=validation", "compare_ood=false", "device=cpu"],
+            tmp_path / "out",
+            cache_dir,
+        )
+    )
     assert not marker.exists()
     # Instead of them: evaluate, infer and resume refuse the dir.
     for name in ("best", "last"):
@@ -293,7 +380,9 @@ def test_a_planted_pytorch_model_bin_is_never_loaded(tmp_path, cache_dir, run_co
         evaluate.run(compose_command("evaluate", [f"run={run_copy}", "device=cpu"], tmp_path / "out", cache_dir))
     assert "safetensors weights only" in one_line(exc)
     with pytest.raises(UserError) as exc:
-        infer.run(compose_command("infer", [f"run={run_copy}", "text=great film", "device=cpu"], tmp_path / "out", cache_dir))
+        infer.run(
+            compose_command("infer", [f"run={run_copy}", "text=great film", "device=cpu"], tmp_path / "out", cache_dir)
+        )
     assert "safetensors weights only" in one_line(exc)
     with pytest.raises(UserError) as exc:
         finetune_in_process(tmp_path / "out", cache_dir, f"resume={run_copy}")
@@ -314,9 +403,17 @@ def test_a_saved_config_never_instantiates_targets(tmp_path, cache_dir, run_copy
             cfg.data.reader = target
             cfg.task.head = target
         path.write_text(OmegaConf.to_yaml(cfg))
-    evaluate.run(compose_command("evaluate", [f"run={run_copy}", "split=validation", "compare_ood=false", "device=cpu"],
-                                 tmp_path / "out", cache_dir))
-    infer.run(compose_command("infer", [f"run={run_copy}", "text=a great film", "device=cpu"], tmp_path / "out", cache_dir))
+    evaluate.run(
+        compose_command(
+            "evaluate",
+            [f"run={run_copy}", "split=validation", "compare_ood=false", "device=cpu"],
+            tmp_path / "out",
+            cache_dir,
+        )
+    )
+    infer.run(
+        compose_command("infer", [f"run={run_copy}", "text=a great film", "device=cpu"], tmp_path / "out", cache_dir)
+    )
     assert not marker.exists()
     with pytest.raises(UserError) as exc:  # resume types the file on the schema: a stray key is refused
         finetune_in_process(tmp_path / "out", cache_dir, f"resume={run_copy}")
@@ -349,17 +446,28 @@ def test_remote_code_in_a_run_dir_stays_off_unless_asked(tmp_path, cache_dir, ru
     for name in ("best", "last"):
         checkpoint = run_copy / "checkpoints" / name
         (checkpoint / "planted_model.py").write_text(
-            f"open({str(marker)!r}, 'w')\nfrom transformers import BertForSequenceClassification as PlantedModel\n")
+            f"open({str(marker)!r}, 'w')\nfrom transformers import BertForSequenceClassification as PlantedModel\n"
+        )
         config = json.loads((checkpoint / "config.json").read_text())
-        config["auto_map"] = {"AutoConfig": "planted_model.PlantedModel",
-                              "AutoModelForSequenceClassification": "planted_model.PlantedModel"}
+        config["auto_map"] = {
+            "AutoConfig": "planted_model.PlantedModel",
+            "AutoModelForSequenceClassification": "planted_model.PlantedModel",
+        }
         (checkpoint / "config.json").write_text(json.dumps(config))
         saved = OmegaConf.load(checkpoint / "config.yaml")
         saved.model.trust_remote_code = True
         (checkpoint / "config.yaml").write_text(OmegaConf.to_yaml(saved))
-    evaluate.run(compose_command("evaluate", [f"run={run_copy}", "split=validation", "compare_ood=false", "device=cpu"],
-                                 tmp_path / "out", cache_dir))
-    infer.run(compose_command("infer", [f"run={run_copy}", "text=a great film", "device=cpu"], tmp_path / "out", cache_dir))
+    evaluate.run(
+        compose_command(
+            "evaluate",
+            [f"run={run_copy}", "split=validation", "compare_ood=false", "device=cpu"],
+            tmp_path / "out",
+            cache_dir,
+        )
+    )
+    infer.run(
+        compose_command("infer", [f"run={run_copy}", "text=a great film", "device=cpu"], tmp_path / "out", cache_dir)
+    )
     finetune_in_process(tmp_path / "out", cache_dir, f"resume={run_copy}")  # loads the last checkpoint's model
     assert not marker.exists()
 
@@ -375,8 +483,16 @@ def test_an_output_dir_that_cannot_be_written_is_one_line(tmp_path, cache_dir, b
             pytest.skip("root writes into read-only dirs")
         (tmp_path / "ro").mkdir(mode=0o500)
         run_dir = tmp_path / "ro" / "run"
-    proc = run_cli("finetune", *TINY_TRAIN, "data=local", "data.path=x.csv", f"hydra.run.dir={run_dir}",
-                   cache_dir=cache_dir, cwd=tmp_path, check=False)
+    proc = run_cli(
+        "finetune",
+        *TINY_TRAIN,
+        "data=local",
+        "data.path=x.csv",
+        f"hydra.run.dir={run_dir}",
+        cache_dir=cache_dir,
+        cwd=tmp_path,
+        check=False,
+    )
     assert proc.returncode == 1 and f"cannot write the output dir {run_dir}" in proc.stderr
     assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
 
@@ -385,8 +501,14 @@ def test_a_cache_dir_that_cannot_be_written_is_one_line(tmp_path):
     data = write_sentiment_csv(tmp_path / "data.csv", 40)
     (tmp_path / "taken").write_text("a file, not a dir")
     with pytest.raises(UserError, match="cannot write the prepared data") as exc:
-        run_command("prepare", "model=tiny-bert", "data=local", f"data.path={data}", output_dir=tmp_path / "out",
-                    cache_dir=tmp_path / "taken" / "c")
+        run_command(
+            "prepare",
+            "model=tiny-bert",
+            "data=local",
+            f"data.path={data}",
+            output_dir=tmp_path / "out",
+            cache_dir=tmp_path / "taken" / "c",
+        )
     one_line(exc)
 
 

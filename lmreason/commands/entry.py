@@ -62,7 +62,10 @@ def _check_writable(command: str, directory: Path, key: str) -> None:
         probe.touch()
         probe.unlink()
     except OSError as exc:
-        _refuse(command, f"cannot write the output dir {directory} ({exc.strerror or exc}); choose a writable one with {key}=<dir>")
+        _refuse(
+            command,
+            f"cannot write the output dir {directory} ({exc.strerror or exc}); choose a writable one with {key}=<dir>",
+        )
 
 
 def _refuse(command: str, message: str, exit_code: int = 1) -> None:
@@ -81,7 +84,9 @@ def missing_value_message(command: str, cfg: DictConfig, choices: Any = None) ->
     group = key.split(".")[0]
     chosen = dict(choices or {}).get(group) if "." in key else None
     comment = key_comment(command, key, dict(choices or {}))
-    about = ": ".join(part for part in (f"{group}={chosen}" if chosen else "", comment.removesuffix(" (required)")) if part)
+    about = ": ".join(
+        part for part in (f"{group}={chosen}" if chosen else "", comment.removesuffix(" (required)")) if part
+    )
     more = f" (and {', '.join(map(str, missing[1:]))})" if len(missing) > 1 else ""
     return f"{key} is required{f' ({about})' if about else ''}; give it as {key}=<value>{more}"
 
@@ -149,10 +154,14 @@ def hydra_command(config_name: str, objective: Callable[[Any], Any] | None = Non
             try:
                 from hydra.core.hydra_config import HydraConfig
 
-                missing = missing_value_message(config_name, cfg, HydraConfig.get().runtime.choices if HydraConfig.initialized() else None)
+                missing = missing_value_message(
+                    config_name, cfg, HydraConfig.get().runtime.choices if HydraConfig.initialized() else None
+                )
                 if missing:  # a multirun job (single runs are refused earlier, by RunDirGuard)
                     error = UserError(missing)
-                    error.exit_code = 2  # a config mistake, like those Hydra finds (cli.report_config_errors_in_one_line)
+                    error.exit_code = (
+                        2  # a config mistake, like those Hydra finds (cli.report_config_errors_in_one_line)
+                    )
                     raise error
                 results = run(cfg)
             except UserError as exc:

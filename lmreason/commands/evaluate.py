@@ -19,7 +19,13 @@ def run(cfg: DictConfig) -> dict:
 
         return sweep_report(cfg.sweep)
     from lmreason.data.prepare import prepare_data
-    from lmreason.evaluation.loading import checkpoint_max_length, evaluation_config, load_model_for_inference, resolve_checkpoint, saved_run_config
+    from lmreason.evaluation.loading import (
+        checkpoint_max_length,
+        evaluation_config,
+        load_model_for_inference,
+        resolve_checkpoint,
+        saved_run_config,
+    )
     from lmreason.evaluation.outputs import log_to_tensorboard, write_json
     from lmreason.evaluation.predict import InferenceSession
     from lmreason.evaluation.slices import slice_columns
@@ -51,7 +57,9 @@ def run(cfg: DictConfig) -> dict:
         from lmreason.evaluation.backends import check_task, load_for_backend, record_backends
 
         check_task(backends, task.name, checkpoint_dir)
-        model, tokenizer, device, precision = load_for_backend(backends[0], checkpoint_dir, task.name, device, precision, cfg)
+        model, tokenizer, device, precision = load_for_backend(
+            backends[0], checkpoint_dir, task.name, device, precision, cfg
+        )
     eval_cfg.model.max_length = checkpoint_max_length(saved, tokenizer)
     data = prepare_data(eval_cfg, task, tokenizer)
     if cfg.split not in data.splits:
@@ -60,14 +68,23 @@ def run(cfg: DictConfig) -> dict:
     if cfg.compare_ood and "ood" in data.splits and cfg.split != "ood":
         splits.append("ood")
     out_root = (run_dir if run_dir is not None else Path(cfg.output_dir)) / "eval"
-    console.print(f"[bold]evaluate[/] {checkpoint_dir} on {data.summary.get('source')} ({', '.join(splits)}); device {device} ({precision})"
-                  + ("" if backends == ["torch"] else f"; backend {', '.join(backends)}"))
-    session = InferenceSession(model, tokenizer, device, precision, cfg.batch_size, eval_cfg.model.max_length, cfg.generation)
+    console.print(
+        f"[bold]evaluate[/] {checkpoint_dir} on {data.summary.get('source')} ({', '.join(splits)}); device {device} ({precision})"
+        + ("" if backends == ["torch"] else f"; backend {', '.join(backends)}")
+    )
+    session = InferenceSession(
+        model, tokenizer, device, precision, cfg.batch_size, eval_cfg.model.max_length, cfg.generation
+    )
     results, requests = {}, {}
     for split in splits:
         dataset = data.splits[split]
-        request = SplitRequest(name=split, dataset=dataset, out_dir=out_root / split, label_names=data.label_names,
-                               slice_columns=slice_columns(cfg.slice_columns, data.metadata_columns, dataset))
+        request = SplitRequest(
+            name=split,
+            dataset=dataset,
+            out_dir=out_root / split,
+            label_names=data.label_names,
+            slice_columns=slice_columns(cfg.slice_columns, data.metadata_columns, dataset),
+        )
         results[split] = evaluate_split(session, task, request)
         requests[split] = request
     if backends != ["torch"]:
@@ -85,12 +102,15 @@ def run(cfg: DictConfig) -> dict:
     if robustness_cfg is not None:  # diagnostics on the same session and splits (eval/<split>/robustness.json)
         from lmreason.evaluation.robustness import run_robustness
 
-        results["robustness"] = run_robustness(session, task, list(requests.values()), robustness_cfg, run_dir, cfg.cache_dir)
+        results["robustness"] = run_robustness(
+            session, task, list(requests.values()), robustness_cfg, run_dir, cfg.cache_dir
+        )
     if attribution_cfg is not None:  # eval/<split>/attribution.json and attributions.jsonl
         from lmreason.evaluation.attribution import run_attribution
 
-        results["attribution"] = run_attribution(session, task, list(requests.values()), attribution_cfg, run_dir,
-                                                 data.splits.get("train"), data.label_names)
+        results["attribution"] = run_attribution(
+            session, task, list(requests.values()), attribution_cfg, run_dir, data.splits.get("train"), data.label_names
+        )
     if run_dir is not None:
         log_to_tensorboard(run_dir, results)
     console.print(f"reports written to {out_root}")

@@ -20,7 +20,9 @@ def run(cfg: DictConfig) -> dict:
     checkpoint_dir, _ = resolve_checkpoint(cfg.run, cfg.checkpoint)
     resolve_device(cfg.device)  # threads for torch and onnxruntime; the graph itself is device-independent
     settings = OmegaConf.to_object(cfg.export)
-    console.print(f"[bold]export[/] {checkpoint_dir} to ONNX ({'fp32 and int8' if settings.quantize == 'int8' else 'fp32'})")
+    console.print(
+        f"[bold]export[/] {checkpoint_dir} to ONNX ({'fp32 and int8' if settings.quantize == 'int8' else 'fp32'})"
+    )
     return export_checkpoint(checkpoint_dir, settings, cache_dir=cfg.cache_dir, batch_size=cfg.batch_size)
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from lmreason.commands.entry import hydra_command
 from lmreason.atomic import atomic_write_json
+from lmreason.commands.entry import hydra_command
 from lmreason.errors import UserError
 from lmreason.validation import validate
 
@@ -34,8 +34,12 @@ def resolve_resume(cfg: DictConfig) -> tuple[DictConfig, Path]:
         recover_checkpoint(run_dir / "checkpoints" / "last")
     if not saved.is_file():
         if (run_dir / "checkpoints").is_dir():
-            raise UserError(f"resume={cfg.resume}: the run stopped before its first checkpoint was complete; nothing to resume, start it again as a new run")
-        raise UserError(f"resume={cfg.resume}: not a finetune run dir (no checkpoints/last/config.yaml); give the run dir of an interrupted finetune")
+            raise UserError(
+                f"resume={cfg.resume}: the run stopped before its first checkpoint was complete; nothing to resume, start it again as a new run"
+            )
+        raise UserError(
+            f"resume={cfg.resume}: not a finetune run dir (no checkpoints/last/config.yaml); give the run dir of an interrupted finetune"
+        )
     # Plain YAML (safe loader: no code runs, nothing is instantiated); merged onto the schema so a
     # tampered file fails validation.
     from omegaconf.errors import OmegaConfBaseException
@@ -51,7 +55,9 @@ def resolve_resume(cfg: DictConfig) -> tuple[DictConfig, Path]:
         merged = OmegaConf.merge(schema, saved_cfg)
     except OmegaConfBaseException as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{saved}: not a valid lmreason finetune config ({first[:160]}); the run dir is damaged or was edited") from None
+        raise UserError(
+            f"{saved}: not a valid lmreason finetune config ({first[:160]}); the run dir is damaged or was edited"
+        ) from None
     merged.resume = str(run_dir)
     # Code from a run dir runs only when this command asks for it, never because the saved config says so.
     merged.model.trust_remote_code = bool(cfg.model.trust_remote_code)
@@ -105,7 +111,9 @@ def run(cfg: DictConfig) -> dict:
         console.print(
             f"[bold green]done[/] ({results['status']}): best {results['monitor']} = "
             f"{best:.4f} at step {results['best_step']}; {results['train_samples_per_s']:.1f} train samples/s. "
-            f"Run dir: {run_dir}" if best is not None else f"done ({results['status']}). Run dir: {run_dir}"
+            f"Run dir: {run_dir}"
+            if best is not None
+            else f"done ({results['status']}). Run dir: {run_dir}"
         )
     return results
 
@@ -152,8 +160,10 @@ def report_complete(run_dir: Path) -> dict:
     from lmreason.ui import console
 
     record = json.loads((run_dir / "metrics.json").read_text())
-    message = (f"{run_dir} is already complete ({record['status']} at step {record['steps']}); nothing to resume. "
-               f"Evaluate it with: lmreason evaluate run={run_dir}")
+    message = (
+        f"{run_dir} is already complete ({record['status']} at step {record['steps']}); nothing to resume. "
+        f"Evaluate it with: lmreason evaluate run={run_dir}"
+    )
     log.info("resume: %s", message, extra=FILE_ONLY)
     console.print(message, soft_wrap=True, markup=False)  # one line: the command stays copyable
     return record

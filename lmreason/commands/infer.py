@@ -30,8 +30,10 @@ def read_inputs(cfg: DictConfig) -> tuple[list[str], list[str] | None]:
         return [line.removesuffix("\r") for line in content.split("\n") if line.strip()]
 
     if (cfg.text is None) == (cfg.input is None):
-        raise UserError('give exactly one of text="..." (repeat text= for several), input=<file> '
-                        "or input=- (stdin, one text per line)")
+        raise UserError(
+            'give exactly one of text="..." (repeat text= for several), input=<file> '
+            "or input=- (stdin, one text per line)"
+        )
     if cfg.text is not None:
         texts = list(cfg.text) if isinstance(cfg.text, (list, ListConfig)) else [cfg.text]
         texts = [str(t) for t in texts]
@@ -48,7 +50,9 @@ def read_inputs(cfg: DictConfig) -> tuple[list[str], list[str] | None]:
             frame = read_table(path)
             for column, key in ((cfg.text_column, "text_column"), (cfg.text_pair_column, "text_pair_column")):
                 if column and column not in frame.columns:
-                    raise UserError(f"{path}: no column '{column}' ({key}); its columns are: {', '.join(map(str, frame.columns))}; set {key}=<one of them>")
+                    raise UserError(
+                        f"{path}: no column '{column}' ({key}); its columns are: {', '.join(map(str, frame.columns))}; set {key}=<one of them>"
+                    )
             texts = [str(t) if t is not None else "" for t in frame[cfg.text_column].tolist()]
             pairs = [str(t) for t in frame[cfg.text_pair_column].tolist()] if cfg.text_pair_column else None
     for number, text in enumerate(texts, start=1):
@@ -63,8 +67,13 @@ def run(cfg: DictConfig) -> list[dict]:
     """Predict for every input; returns one dict per input, in input order."""
     validate("infer", cfg)
     from lmreason.evaluation.inference import infer_answers, infer_labels
-    from lmreason.evaluation.loading import (checkpoint_max_length, load_model_for_inference, resolve_checkpoint,
-                                             saved_run_config, task_of_model_dir)
+    from lmreason.evaluation.loading import (
+        checkpoint_max_length,
+        load_model_for_inference,
+        resolve_checkpoint,
+        saved_run_config,
+        task_of_model_dir,
+    )
     from lmreason.evaluation.outputs import write_jsonl
     from lmreason.evaluation.predict import InferenceSession
     from lmreason.evaluation.report import MAX_SHOWN, generations_table, predictions_table
@@ -86,10 +95,15 @@ def run(cfg: DictConfig) -> list[dict]:
     else:  # an exported graph behind the same batching (lmreason/evaluation/onnx_backend.py)
         from lmreason.evaluation.onnx_backend import load_backend
 
-        model, tokenizer, device, precision = load_backend(checkpoint_dir, task.name, cfg.backend, device, cfg.cache_dir)
-    session = InferenceSession(model, tokenizer, device, precision, cfg.batch_size,
-                               checkpoint_max_length(saved, tokenizer), cfg.generation)
-    streamed = task.name == "gen" and len(texts) == 1 and not cfg.output  # one answer on the terminal: print it as it comes
+        model, tokenizer, device, precision = load_backend(
+            checkpoint_dir, task.name, cfg.backend, device, cfg.cache_dir
+        )
+    session = InferenceSession(
+        model, tokenizer, device, precision, cfg.batch_size, checkpoint_max_length(saved, tokenizer), cfg.generation
+    )
+    streamed = (
+        task.name == "gen" and len(texts) == 1 and not cfg.output
+    )  # one answer on the terminal: print it as it comes
     began = time.perf_counter()
     if task.name == "gen":
         predictions = infer_answers(session, task, texts, pairs, stream=streamed)
@@ -98,7 +112,9 @@ def run(cfg: DictConfig) -> list[dict]:
     if cfg.explain:  # a score per word toward the predicted label (lmreason.evaluation.attribution)
         from lmreason.evaluation.attribution import delta_warning, explain_rows
 
-        warning = delta_warning(explain_rows(session, predictions, texts, pairs, cfg.attribution), cfg.attribution.delta_warning)
+        warning = delta_warning(
+            explain_rows(session, predictions, texts, pairs, cfg.attribution), cfg.attribution.delta_warning
+        )
         if warning:
             console.print(f"[yellow]{warning}[/]")
     seconds = time.perf_counter() - began  # tokenize + batch + forward (model loading and file I/O excluded)
@@ -112,7 +128,9 @@ def run(cfg: DictConfig) -> list[dict]:
         if len(predictions) > MAX_SHOWN:
             console.print(f"... {len(predictions) - MAX_SHOWN} more; use output=<file.jsonl> for all of them")
     elif not streamed:
-        console.print(generations_table(predictions) if task.name == "gen" else predictions_table(predictions, cfg.top_k))
+        console.print(
+            generations_table(predictions) if task.name == "gen" else predictions_table(predictions, cfg.top_k)
+        )
         if len(predictions) > MAX_SHOWN:
             console.print(f"... {len(predictions) - MAX_SHOWN} more; use output=<file.jsonl> for all of them")
     if cfg.backend == "torch":
@@ -121,7 +139,9 @@ def run(cfg: DictConfig) -> list[dict]:
         from lmreason.evaluation.onnx_backend import describe
 
         where = describe(model)
-    console.print(f"{len(predictions)} predictions in {seconds:.3f} s ({len(predictions) / max(seconds, 1e-9):.1f}/s, {where})")
+    console.print(
+        f"{len(predictions)} predictions in {seconds:.3f} s ({len(predictions) / max(seconds, 1e-9):.1f}/s, {where})"
+    )
     return predictions
 
 

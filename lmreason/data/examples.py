@@ -46,7 +46,9 @@ def _require_column(frame: pd.DataFrame, column: str, key: str, where: str) -> N
 def _check_filled(frame: pd.DataFrame, column: str, key: str, where: str, what: str) -> None:
     for row, value in enumerate(frame[column].tolist(), start=1):
         if _missing(value):
-            raise UserError(f"{where}: row {row} has an empty {what} in column '{column}' ({key}); fill or remove that row")
+            raise UserError(
+                f"{where}: row {row} has an empty {what} in column '{column}' ({key}); fill or remove that row"
+            )
 
 
 def _check_plain(frame: pd.DataFrame, column: str, key: str, where: str, what: str, is_label: bool) -> None:
@@ -54,11 +56,17 @@ def _check_plain(frame: pd.DataFrame, column: str, key: str, where: str, what: s
     for row, value in enumerate(frame[column].tolist(), start=1):
         if isinstance(value, (dict, list, tuple)):
             kind = "an object" if isinstance(value, dict) else "a list"
-            raise UserError(f"{where}: row {row} has {kind} as its {what} in column '{column}' ({key}); give a plain string or number")
-        if is_label and ((isinstance(value, float) and not math.isfinite(value))
-                         or (isinstance(value, str) and value.strip().lower() == "nan")):
-            raise UserError(f"{where}: row {row} has the label {value!r} in column '{column}' ({key}): NaN/inf is a missing "
-                            "or broken number, not a label; fill or remove that row")
+            raise UserError(
+                f"{where}: row {row} has {kind} as its {what} in column '{column}' ({key}); give a plain string or number"
+            )
+        if is_label and (
+            (isinstance(value, float) and not math.isfinite(value))
+            or (isinstance(value, str) and value.strip().lower() == "nan")
+        ):
+            raise UserError(
+                f"{where}: row {row} has the label {value!r} in column '{column}' ({key}): NaN/inf is a missing "
+                "or broken number, not a label; fill or remove that row"
+            )
 
 
 def _metadata_columns(frame: pd.DataFrame, data_cfg: DictConfig, canonical: set[str], where: str) -> list[str]:
@@ -80,14 +88,18 @@ def normalize_split(frame: pd.DataFrame, data_cfg: DictConfig, mode: str, where:
     if len(frame) == 0:
         raise UserError(f"{where}: the split is empty; every split needs at least one example")
     if mode == "cls":
-        columns = {"text": (data_cfg.text_column, "data.text_column", "text"),
-                   "label": (data_cfg.label_column, "data.label_column", "label")}
+        columns = {
+            "text": (data_cfg.text_column, "data.text_column", "text"),
+            "label": (data_cfg.label_column, "data.label_column", "label"),
+        }
         if data_cfg.text_pair_column:
             columns["text_pair"] = (data_cfg.text_pair_column, "data.text_pair_column", "text")
     else:
         frame = _instruction_to_prompt(frame, data_cfg)
-        columns = {"prompt": (data_cfg.prompt_column, "data.prompt_column", "prompt"),
-                   "completion": (data_cfg.completion_column, "data.completion_column", "completion")}
+        columns = {
+            "prompt": (data_cfg.prompt_column, "data.prompt_column", "prompt"),
+            "completion": (data_cfg.completion_column, "data.completion_column", "completion"),
+        }
     out = {}
     for canonical, (column, key, what) in columns.items():
         _require_column(frame, column, key, where)
@@ -139,7 +151,9 @@ def check_label_sets(splits: dict[str, pd.DataFrame], origin: str) -> list[str]:
                     "evaluation labels must be a subset of the training labels (fix the label or add training examples)"
                 )
     if len(train_labels) < 2:
-        raise UserError(f"{origin}: the training split has a single label ({next(iter(train_labels))!r}); classification needs at least two")
+        raise UserError(
+            f"{origin}: the training split has a single label ({next(iter(train_labels))!r}); classification needs at least two"
+        )
     return sort_labels(train_labels)
 
 

@@ -101,16 +101,27 @@ def _read_delimited(path: Path, text: str, sep: str) -> pd.DataFrame:
 def _check_header(path: Path, header: list[str], sep: str) -> None:
     duplicates = sorted({h for h in header if header.count(h) > 1})
     if duplicates:
-        raise UserError(f"{path}: the header repeats column {', '.join(map(repr, duplicates))}; give each column a unique name")
+        raise UserError(
+            f"{path}: the header repeats column {', '.join(map(repr, duplicates))}; give each column a unique name"
+        )
     if any(not h for h in header):
-        raise UserError(f"{path}: the header has an empty column name (column {header.index('') + 1}); name every column")
+        raise UserError(
+            f"{path}: the header has an empty column name (column {header.index('') + 1}); name every column"
+        )
     if len(header) == 1:
         other = next((d for d in (";", "\t", "|", ",") if d != sep and d in header[0]), None)
         if other is not None:
             name = {";": "semicolons", "\t": "tabs", "|": "pipes", ",": "commas"}[other]
-            fix = "save it as .tsv or set data.format=tsv" if other == "\t" else "save it with commas" if other != "," \
+            fix = (
+                "save it as .tsv or set data.format=tsv"
+                if other == "\t"
+                else "save it with commas"
+                if other != ","
                 else "save it as .csv or set data.format=csv"
-            raise UserError(f"{path}: the header is one column {header[0][:60]!r} that holds {name}: wrong delimiter? {fix}")
+            )
+            raise UserError(
+                f"{path}: the header is one column {header[0][:60]!r} that holds {name}: wrong delimiter? {fix}"
+            )
 
 
 def _read_jsonl(path: Path, text: str) -> list:
@@ -122,12 +133,20 @@ def _read_jsonl(path: Path, text: str) -> list:
         try:
             records.append(json.loads(line, object_pairs_hook=_unique_keys))
         except json.JSONDecodeError as exc:
-            raise UserError(f"{path}: line {number} is not valid JSON ({exc.msg}); each line must be one JSON object") from None
+            raise UserError(
+                f"{path}: line {number} is not valid JSON ({exc.msg}); each line must be one JSON object"
+            ) from None
         except _DuplicateKey as exc:
             raise UserError(f"{path}: line {number} has the key {exc.args[0]!r} twice; keep one") from None
         if not isinstance(records[-1], dict):
-            kind = {"NoneType": "null", "list": "array", "str": "string", "int": "number", "float": "number", "bool": "boolean"}.get(
-                type(records[-1]).__name__, type(records[-1]).__name__)
+            kind = {
+                "NoneType": "null",
+                "list": "array",
+                "str": "string",
+                "int": "number",
+                "float": "number",
+                "bool": "boolean",
+            }.get(type(records[-1]).__name__, type(records[-1]).__name__)
             raise UserError(f"{path}: line {number} is a JSON {kind}, not an object; each line must be one JSON object")
     return records
 

@@ -32,18 +32,20 @@ CACHE_FORMAT = 2  # bump when the layout of a prepared dataset changes
 
 @dataclass
 class PreparedData:
-    splits: dict            # split name -> datasets.Dataset (tokenized, with text and metadata columns)
+    splits: dict  # split name -> datasets.Dataset (tokenized, with text and metadata columns)
     label_names: list[str]  # classification label set (empty for task=gen)
-    summary: dict           # rows, label distribution, token lengths, truncation per split
-    path: Path              # the cache directory
-    reused: bool            # True when an identical cache was found
+    summary: dict  # rows, label distribution, token lengths, truncation per split
+    path: Path  # the cache directory
+    reused: bool  # True when an identical cache was found
     metadata_columns: list[str] = field(default_factory=list)
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
     digest = hashlib.sha256(type(tokenizer).__name__.encode())
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    digest.update(backend.to_str().encode() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True).encode())
+    digest.update(
+        backend.to_str().encode() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True).encode()
+    )
     digest.update(str(getattr(tokenizer, "chat_template", "") or "").encode())
     digest.update(json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str).encode())
     return digest.hexdigest()
@@ -84,9 +86,19 @@ def prepare_data(cfg: DictConfig, task, tokenizer=None) -> PreparedData:
             log.warning("prepare: cache %s is unreadable (%s); rebuilding", path, exc)
     splits, label_names, metadata = build_splits(cfg, raw)
     tokenized, summary = tokenize_splits(cfg, task, splits, label_names, tokenizer)
-    summary.update({"source": raw.origin, "fingerprint": key, "cache": str(path), "task": mode,
-                    "model": cfg.model.name_or_path, "max_length": cfg.model.max_length})
-    write_prepared(path, tokenized, {"label_names": label_names, "summary": summary, "metadata_columns": metadata}, replace)
+    summary.update(
+        {
+            "source": raw.origin,
+            "fingerprint": key,
+            "cache": str(path),
+            "task": mode,
+            "model": cfg.model.name_or_path,
+            "max_length": cfg.model.max_length,
+        }
+    )
+    write_prepared(
+        path, tokenized, {"label_names": label_names, "summary": summary, "metadata_columns": metadata}, replace
+    )
     log.info("prepare: cached at %s", path)
     return load_prepared(path, reused=False)
 
@@ -174,7 +186,9 @@ def write_prepared(path: Path, tokenized: dict, meta: dict, replace: bool = Fals
             if not (path / "lmreason_meta.json").is_file():  # lost a race to a concurrent prepare: theirs is equal
                 raise
     except OSError as exc:
-        raise UserError(f"cache_dir={path.parent.parent}: cannot write the prepared data ({exc.strerror or exc}); set cache_dir to a writable directory") from None
+        raise UserError(
+            f"cache_dir={path.parent.parent}: cannot write the prepared data ({exc.strerror or exc}); set cache_dir to a writable directory"
+        ) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -187,6 +201,10 @@ def load_prepared(path: Path, reused: bool = True) -> PreparedData:
     canonical = ["train", "validation", "test", "ood"]
     names = sorted(loaded, key=lambda n: (canonical.index(n) if n in canonical else len(canonical), n))
     return PreparedData(
-        splits={name: loaded[name] for name in names}, label_names=meta["label_names"], summary=meta["summary"], path=path,
-        reused=reused, metadata_columns=meta.get("metadata_columns", []),
+        splits={name: loaded[name] for name in names},
+        label_names=meta["label_names"],
+        summary=meta["summary"],
+        path=path,
+        reused=reused,
+        metadata_columns=meta.get("metadata_columns", []),
     )

@@ -48,9 +48,9 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test", "ood")  # generation order: eval splits are deduplicated against earlier ones
 MODES = ("cls", "gen")
-MAX_CLS_LABELS = 50        # more distinct answers than this in train is not a label set
-MAX_ROUNDS = 10            # generator draws per split before deduplication gives up
-MAX_META_STR = 64          # longer metadata strings (puzzles, code) are not slicing keys
+MAX_CLS_LABELS = 50  # more distinct answers than this in train is not a label set
+MAX_ROUNDS = 10  # generator draws per split before deduplication gives up
+MAX_META_STR = 64  # longer metadata strings (puzzles, code) are not slicing keys
 _RESERVED_CONFIG_KEYS = ("seed", "size")  # lmreason sets these from `seed` and `sizes`
 
 # task -> (what the number means, how to read it from an entry's metadata)
@@ -87,7 +87,9 @@ def difficulty_definition(task: str) -> str | None:
         return None if meaning == "none" else meaning
     _, config_cls = _registry()[task]
     knobs = [f.name for f in dataclasses.fields(config_cls) if f.name not in _RESERVED_CONFIG_KEYS]
-    return f"the generator's single difficulty knob (metadata.difficulty; settings: {', '.join(knobs)}), when it has one"
+    return (
+        f"the generator's single difficulty knob (metadata.difficulty; settings: {', '.join(knobs)}), when it has one"
+    )
 
 
 def generate_reasoning_splits(
@@ -124,8 +126,8 @@ def generate_reasoning_splits(
         plan.append(("ood", ood_config, "ood"))
 
     entries: dict[str, list[tuple[dict, int, int]]] = {}  # split -> [(entry, source_seed, source_index)]
-    seen: set[str] = set()                                  # questions of train and earlier eval splits
-    for split, config, distribution in plan:
+    seen: set[str] = set()  # questions of train and earlier eval splits
+    for split, config, _distribution in plan:
         n = sizes.get(split, 0)
         if n == 0:
             continue
@@ -212,7 +214,11 @@ def _check_task(task: str) -> None:
     names = _registry()
     if not isinstance(task, str) or task not in names:
         close = difflib.get_close_matches(str(task), names, n=3, cutoff=0.5)
-        hint = f"did you mean {', '.join(close)}?" if close else f"see {len(names)} names in reasoning_gym.factory.DATASETS"
+        hint = (
+            f"did you mean {', '.join(close)}?"
+            if close
+            else f"see {len(names)} names in reasoning_gym.factory.DATASETS"
+        )
         raise UserError(f"reasoning task '{task}' is not a reasoning-gym generator; {hint}")
 
 
@@ -300,7 +306,9 @@ def _warn_unseen_labels(entries: dict[str, list[tuple[dict, int, int]]]) -> None
             share = sum(unseen.values()) / len(items)
             log.warning(
                 "%s: %.0f%% of rows have labels never seen in train (%s); a classifier cannot predict them",
-                split, 100 * share, ", ".join(sorted(unseen)),
+                split,
+                100 * share,
+                ", ".join(sorted(unseen)),
             )
 
 
@@ -325,7 +333,9 @@ def _split_seed(seed: int, split: str, round_num: int) -> int:
     return random.Random(f"lmreason:{seed}:{split}:{round_num}").getrandbits(30)
 
 
-def _draw(task: str, config: dict, n: int, seed: int, split: str, seen: set[str], dedupe: bool) -> list[tuple[dict, int, int]]:
+def _draw(
+    task: str, config: dict, n: int, seed: int, split: str, seen: set[str], dedupe: bool
+) -> list[tuple[dict, int, int]]:
     """n entries for one split: (entry, source_seed, source_index), skipping `seen` questions when dedupe."""
     import reasoning_gym
 
@@ -443,7 +453,7 @@ def _generic_difficulty(metadata: dict) -> Any:
         return knobs
     if not isinstance(knobs, Mapping) or len(knobs) != 1:
         return None
-    (key, setting), = knobs.items()
+    ((key, setting),) = knobs.items()
     if _is_number(metadata.get(key)):
         return metadata[key]
     return setting if _is_number(setting) else None
@@ -460,7 +470,7 @@ def _common_schema(rows: dict[str, list[dict]]) -> dict[str, list[dict]]:
             types.setdefault(key, set()).add(type(value))
     as_float = {k for k in keys if types[k] == {int, float}}
     keep = [k for k in all_rows[0] if k in keys and (len(types[k]) == 1 or k in as_float)]
-    dropped = sorted((set(types) - set(keep)))
+    dropped = sorted(set(types) - set(keep))
     if dropped:
         log.debug("metadata keys dropped (missing in some rows or of mixed types): %s", ", ".join(dropped))
     return {

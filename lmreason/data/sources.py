@@ -12,8 +12,8 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
-from typing import Callable
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
@@ -22,16 +22,24 @@ from lmreason.data.files import FORMATS, TABULAR_FORMATS, read_table, read_text
 from lmreason.errors import UserError
 
 # File stems recognised as splits in a data directory, and the split each means.
-SPLIT_ALIASES = {"train": "train", "training": "train", "validation": "validation", "valid": "validation",
-                 "val": "validation", "dev": "validation", "test": "test", "ood": "ood"}
+SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "validation": "validation",
+    "valid": "validation",
+    "val": "validation",
+    "dev": "validation",
+    "test": "test",
+    "ood": "ood",
+}
 
 
 @dataclass
 class RawSource:
-    content_hash: str                # changes whenever the source's content does
-    origin: str                      # where it came from, for messages
+    content_hash: str  # changes whenever the source's content does
+    origin: str  # where it came from, for messages
     read: Callable[[], dict[str, pd.DataFrame]]  # split name -> frame with the source's columns (lazy:
-                                     # a cache hit never pays for parsing or generating)
+    # a cache hit never pays for parsing or generating)
 
 
 def has_ood_split(data_cfg: DictConfig) -> bool | None:
@@ -43,7 +51,9 @@ def has_ood_split(data_cfg: DictConfig) -> bool | None:
         if not path.exists():
             return None  # loading reports the missing path
         if data_cfg.source == "local" and path.is_dir():
-            return any(SPLIT_ALIASES.get(f.stem.lower()) == "ood" and f.suffix.lower() in FORMATS for f in path.iterdir())
+            return any(
+                SPLIT_ALIASES.get(f.stem.lower()) == "ood" and f.suffix.lower() in FORMATS for f in path.iterdir()
+            )
         return False  # one file is split at random: nothing in it is out of distribution
     return None
 
@@ -52,8 +62,11 @@ def ood_description(data_cfg: DictConfig) -> str:
     """What makes the `ood` split out of distribution, in one line (for the gap table)."""
     if data_cfg.source == "reasoning" and data_cfg.get("ood_config") is not None:
         same, ood = dict(data_cfg.get("id_config") or {}), dict(data_cfg.ood_config)
-        changed = [f"{key}={value} (in distribution: {same.get(key, 'the default')})"
-                   for key, value in ood.items() if same.get(key) != value]
+        changed = [
+            f"{key}={value} (in distribution: {same.get(key, 'the default')})"
+            for key, value in ood.items()
+            if same.get(key) != value
+        ]
         shift = ", ".join(changed) if changed else "the same generator settings (another seed only)"
         note = f"{data_cfg.ood_note}: " if data_cfg.get("ood_note") else ""
         return f"OOD = {note}{data_cfg.task} problems with {shift}"
@@ -84,7 +97,9 @@ def _load_local(cfg: DictConfig, mode: str) -> RawSource:
             split = SPLIT_ALIASES.get(file.stem.lower(), None)
             if file.suffix.lower() in FORMATS and FORMATS[file.suffix.lower()] in TABULAR_FORMATS and split:
                 if split in files:
-                    raise UserError(f"{path}: both {files[split].name} and {file.name} are the '{split}' split; keep one")
+                    raise UserError(
+                        f"{path}: both {files[split].name} and {file.name} are the '{split}' split; keep one"
+                    )
                 files[split] = file
         if not files:
             raise UserError(
@@ -92,9 +107,13 @@ def _load_local(cfg: DictConfig, mode: str) -> RawSource:
                 f"with extension {', '.join('.' + f for f in TABULAR_FORMATS)}"
             )
         digest = _hash_bytes(*(f"{s}:{f.name}".encode() + f.read_bytes() for s, f in sorted(files.items())))
-        return RawSource(digest, str(path), lambda: {split: read_table(file, cfg.format) for split, file in files.items()})
+        return RawSource(
+            digest, str(path), lambda: {split: read_table(file, cfg.format) for split, file in files.items()}
+        )
     if not path.exists():
-        raise UserError(f"data.path={cfg.path}: no such file or directory; give a CSV/TSV/JSON/JSONL/Parquet file or a directory of split files")
+        raise UserError(
+            f"data.path={cfg.path}: no such file or directory; give a CSV/TSV/JSON/JSONL/Parquet file or a directory of split files"
+        )
     return RawSource(_hash_bytes(path.read_bytes()), str(path), lambda: {"train": read_table(path, cfg.format)})
 
 
@@ -106,13 +125,21 @@ def _load_reasoning(cfg: DictConfig, mode: str) -> RawSource:
     id_config = OmegaConf.to_container(cfg.id_config, resolve=True)
     ood_config = None if cfg.ood_config is None else OmegaConf.to_container(cfg.ood_config, resolve=True)
     sizes = {k: int(v) for k, v in cfg.sizes.items()}
+
     def read():
         rows = generate_reasoning_splits(cfg.task, sizes, cfg.seed, id_config, ood_config, mode=mode)
         return {split: pd.DataFrame.from_records(r) for split, r in rows.items()}
 
     recipe = json.dumps(
-        {"task": cfg.task, "sizes": sizes, "seed": cfg.seed, "id": id_config, "ood": ood_config,
-         "mode": mode, "reasoning_gym": getattr(reasoning_gym, "__version__", "?")},
+        {
+            "task": cfg.task,
+            "sizes": sizes,
+            "seed": cfg.seed,
+            "id": id_config,
+            "ood": ood_config,
+            "mode": mode,
+            "reasoning_gym": getattr(reasoning_gym, "__version__", "?"),
+        },
         sort_keys=True,
     )
     return RawSource(_hash_bytes(recipe.encode()), f"reasoning-gym:{cfg.task}", read)
@@ -177,8 +204,11 @@ def _load_hub(cfg: DictConfig, mode: str) -> RawSource:
         loaded = datasets.load_dataset(cfg.dataset_id, cfg.subset, revision=cfg.revision)
     except Exception as exc:  # ConnectionError, OSError, DatasetNotFoundError, ...
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        where = "the Hugging Face hub cannot be reached (offline) and it is not in the local datasets cache" if offline \
+        where = (
+            "the Hugging Face hub cannot be reached (offline) and it is not in the local datasets cache"
+            if offline
             else f"could not load it from the Hugging Face hub ({reason[:200]})"
+        )
         raise UserError(
             f"data.dataset_id={cfg.dataset_id}: {where}; check the id and your network, "
             "or download it where you are online and use data=local data.path=<file>"
@@ -190,7 +220,9 @@ def _load_hub(cfg: DictConfig, mode: str) -> RawSource:
         frame = split.to_pandas()
         label_feature = split.features.get(cfg.label_column)
         if getattr(label_feature, "names", None):  # ClassLabel: keep names, not ids
-            frame[cfg.label_column] = [label_feature.names[i] if i is not None and i >= 0 else None for i in frame[cfg.label_column]]
+            frame[cfg.label_column] = [
+                label_feature.names[i] if i is not None and i >= 0 else None for i in frame[cfg.label_column]
+            ]
         frames[ours] = frame.astype(object).where(frame.notna(), None)
     fingerprints = "".join(f"{k}:{v._fingerprint}" for k, v in sorted(loaded.items()))
     return RawSource(_hash_bytes(fingerprints.encode()), f"hub:{cfg.dataset_id}", lambda: frames)

@@ -8,7 +8,9 @@ import pandas as pd
 from lmreason.errors import UserError
 
 
-def stratified_split(frame: pd.DataFrame, ratios: dict[str, float], seed: int, stratify: str | None) -> dict[str, pd.DataFrame]:
+def stratified_split(
+    frame: pd.DataFrame, ratios: dict[str, float], seed: int, stratify: str | None
+) -> dict[str, pd.DataFrame]:
     """Split `frame` by `ratios` (normalised), keeping each label's share in every split.
 
     Raises:

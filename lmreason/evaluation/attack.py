@@ -48,13 +48,13 @@ class _State:
         replace = replace or {}
         pieces, at = [], 0
         for pos, m in enumerate(self.words):
-            pieces += [self.original[at:m.start()], replace.get(pos, self.current[pos])]
+            pieces += [self.original[at : m.start()], replace.get(pos, self.current[pos])]
             at = m.end()
         return "".join(pieces) + self.original[at:]
 
     def without(self, pos: int) -> str:
         m = self.words[pos]
-        return (self.original[:m.start()] + self.original[m.end():]).replace("  ", " ").strip()
+        return (self.original[: m.start()] + self.original[m.end() :]).replace("  ", " ").strip()
 
 
 @dataclass
@@ -68,8 +68,9 @@ class AttackSettings:
     max_changed_share: float = 0.2
 
 
-def greedy_attack(session, texts: list[str], pairs: list[str] | None, gold: np.ndarray, clean: np.ndarray,
-                  settings: AttackSettings) -> tuple[dict, list[dict]]:
+def greedy_attack(
+    session, texts: list[str], pairs: list[str] | None, gold: np.ndarray, clean: np.ndarray, settings: AttackSettings
+) -> tuple[dict, list[dict]]:
     """Attack every correctly classified text; returns (figures, one record per example attacked).
 
     `clean`: (N, C) probabilities of the unperturbed texts (their queries are not counted, as in
@@ -83,8 +84,15 @@ def greedy_attack(session, texts: list[str], pairs: list[str] | None, gold: np.n
     for i in np.flatnonzero(correct):
         words = list(WORD.finditer(texts[i]))
         content = {m.start() for m in content_words(texts[i])}
-        s = _State(int(i), texts[i], words, len(words), budget, current=[m.group() for m in words],
-                   gold_prob=float(clean[i, gold[i]]))
+        s = _State(
+            int(i),
+            texts[i],
+            words,
+            len(words),
+            budget,
+            current=[m.group() for m in words],
+            gold_prob=float(clean[i, gold[i]]),
+        )
         s.order = [p for p, m in enumerate(words) if m.start() in content]
         states.append(s)
     # 1. leave-one-out importance, all examples in one batch
@@ -162,11 +170,23 @@ def greedy_attack(session, texts: list[str], pairs: list[str] | None, gold: np.n
         "success_rate": len(successes) / len(states) if states else None,
         "attacked": len(states),
         "succeeded": len(successes),
-        "mean_words_changed": float(np.mean([len(s.changed) / max(s.n_words, 1) for s in successes])) if successes else None,
+        "mean_words_changed": float(np.mean([len(s.changed) / max(s.n_words, 1) for s in successes]))
+        if successes
+        else None,
         "mean_queries": float(np.mean([s.queries for s in states])) if states else None,
         "query_budget": budget,
         "max_changed_share": max_changed_share,
     }
-    records = [{"index": s.index, "original": s.original, "perturbed": s.text(), "success": s.success,
-                "queries": s.queries, "words_changed": len(s.changed), "probs": s.final} for s in states]
+    records = [
+        {
+            "index": s.index,
+            "original": s.original,
+            "perturbed": s.text(),
+            "success": s.success,
+            "queries": s.queries,
+            "words_changed": len(s.changed),
+            "probs": s.final,
+        }
+        for s in states
+    ]
     return figures, records

@@ -50,9 +50,13 @@ def check_config(acfg, task_name: str | None = None, key: str = "attribution") -
     if str(acfg.method) not in METHODS:
         raise UserError(f"{key}.method={acfg.method}: unknown method; known: {', '.join(METHODS)}")
     if acfg.n_steps is None or acfg.n_steps < 1:
-        raise UserError(f"{key}.n_steps={acfg.n_steps}: must be >= 1 (interpolation steps of integrated gradients; 32 is a good start)")
+        raise UserError(
+            f"{key}.n_steps={acfg.n_steps}: must be >= 1 (interpolation steps of integrated gradients; 32 is a good start)"
+        )
     if acfg.internal_batch_size is None or acfg.internal_batch_size < 1:
-        raise UserError(f"{key}.internal_batch_size={acfg.internal_batch_size}: must be >= 1 (interpolation points per forward pass)")
+        raise UserError(
+            f"{key}.internal_batch_size={acfg.internal_batch_size}: must be >= 1 (interpolation points per forward pass)"
+        )
     if acfg.delta_warning is None or acfg.delta_warning < 0:
         raise UserError(f"{key}.delta_warning={acfg.delta_warning}: must be >= 0 (share of the logit change)")
     for name in ("errors", "correct", "top_words", "min_word_count"):
@@ -61,10 +65,14 @@ def check_config(acfg, task_name: str | None = None, key: str = "attribution") -
     if "k_percents" in acfg:
         bad = [k for k in acfg.k_percents if not 0 < k <= 100]
         if bad or not acfg.k_percents:
-            raise UserError(f"{key}.k_percents={list(acfg.k_percents)}: give percentages in (0, 100], e.g. [5,10,20,50]")
+            raise UserError(
+                f"{key}.k_percents={list(acfg.k_percents)}: give percentages in (0, 100], e.g. [5,10,20,50]"
+            )
     if task_name == "gen":
-        raise UserError(f"{key}: attributions need a classifier (task=cls); this is a task=gen model "
-                        "(attribution of generated answers is not implemented yet)")
+        raise UserError(
+            f"{key}: attributions need a classifier (task=cls); this is a task=gen model "
+            "(attribution of generated answers is not implemented yet)"
+        )
 
 
 # ------------------------------------------------------------------ attributions
@@ -89,8 +97,9 @@ class Attribution:
         return row
 
 
-def attribute(session, texts: list[str], pairs: list[str] | None, acfg, targets: list[int] | None = None,
-              model=None) -> list[Attribution]:
+def attribute(
+    session, texts: list[str], pairs: list[str] | None, acfg, targets: list[int] | None = None, model=None
+) -> list[Attribution]:
     """Attributions for raw texts (or pairs) toward the predicted label (or `targets`), in input order.
 
     `model`: another model with the session's tokenizer (the sanity check's re-initialised copy).
@@ -104,23 +113,39 @@ def attribute(session, texts: list[str], pairs: list[str] | None, acfg, targets:
     model = session.model if model is None else model
     tokenizer = session.tokenizer
     if not getattr(tokenizer, "is_fast", False):
-        raise UserError("attributions need a fast (Rust) tokenizer for word offsets; this checkpoint's tokenizer is a slow one")
+        raise UserError(
+            "attributions need a fast (Rust) tokenizer for word offsets; this checkpoint's tokenizer is a slow one"
+        )
     names = label_names_of(session.model)
-    encoded = tokenizer(texts, pairs, truncation=True, max_length=session.max_length, return_offsets_mapping=True,
-                        return_special_tokens_mask=True)
+    encoded = tokenizer(
+        texts,
+        pairs,
+        truncation=True,
+        max_length=session.max_length,
+        return_offsets_mapping=True,
+        return_special_tokens_mask=True,
+    )
     method = str(acfg.method)
     out: list[Attribution | None] = [None] * len(texts)
     keys = [k for k in ("input_ids", "token_type_ids") if k in encoded]
     lengths = np.array([len(ids) for ids in encoded["input_ids"]])
     # examples per IG batch: n_steps copies of each go through the model, internal_batch_size at a time
-    per_batch = max(1, int(acfg.internal_batch_size) // max(1, int(acfg.n_steps))) if method == "integrated_gradients" else session.batch_size
+    per_batch = (
+        max(1, int(acfg.internal_batch_size) // max(1, int(acfg.n_steps)))
+        if method == "integrated_gradients"
+        else session.batch_size
+    )
     from lmreason.training.batching import sorted_batches
 
     with torch.inference_mode(False), torch.enable_grad():
         for batch in sorted_batches(lengths, per_batch):
             batch = list(batch)
-            padded = tokenizer.pad({k: [encoded[k][i] for i in batch] for k in keys}, padding_side="right",
-                                   return_attention_mask=True, return_tensors="pt")
+            padded = tokenizer.pad(
+                {k: [encoded[k][i] for i in batch] for k in keys},
+                padding_side="right",
+                return_attention_mask=True,
+                return_tensors="pt",
+            )
             special = torch.zeros_like(padded["input_ids"], dtype=torch.bool)
             for row, i in enumerate(batch):
                 mask = encoded["special_tokens_mask"][i]
@@ -130,25 +155,37 @@ def attribute(session, texts: list[str], pairs: list[str] | None, acfg, targets:
             with torch.no_grad():
                 logits = model(**inputs).logits.float()  # (B, C)
             probs = torch.softmax(logits, dim=-1)
-            target = logits.argmax(-1) if targets is None else torch.tensor([targets[i] for i in batch], device=logits.device)
+            target = (
+                logits.argmax(-1)
+                if targets is None
+                else torch.tensor([targets[i] for i in batch], device=logits.device)
+            )
             if method == "occlusion":
                 token_scores = torch.zeros(padded["input_ids"].shape)  # filled per word below
                 delta = change = [None] * len(batch)
             else:
-                token_scores, delta, change = _integrated_gradients(model, inputs, special.to(session.device), target,
-                                                                    tokenizer.pad_token_id, acfg, method)
+                token_scores, delta, change = _integrated_gradients(
+                    model, inputs, special.to(session.device), target, tokenizer.pad_token_id, acfg, method
+                )
             for row, i in enumerate(batch):
                 t = int(target[row])
                 n = int(lengths[i])
                 scores = token_scores[row, :n].tolist()
-                words, word_scores, spans = _word_scores(encoded.encodings[i], texts[i], pairs[i] if pairs else None, scores)
+                words, word_scores, spans = _word_scores(
+                    encoded.encodings[i], texts[i], pairs[i] if pairs else None, scores
+                )
                 out[i] = Attribution(
-                    label=names[t], confidence=float(probs[row, t]),
+                    label=names[t],
+                    confidence=float(probs[row, t]),
                     tokens=tokenizer.convert_ids_to_tokens(encoded["input_ids"][i]),
-                    token_scores=[float(v) for v in scores], words=words, scores=[float(v) for v in word_scores],
+                    token_scores=[float(v) for v in scores],
+                    words=words,
+                    scores=[float(v) for v in word_scores],
                     word_spans=[tuple(span) for span in spans],
                     delta=None if delta[row] is None else float(delta[row]),
-                    logit_change=None if change[row] is None else float(change[row]), method=method)
+                    logit_change=None if change[row] is None else float(change[row]),
+                    method=method,
+                )
     if method == "occlusion":
         _occlude(session, out, texts, pairs, [names.index(a.label) for a in out], model)
     return out
@@ -169,9 +206,15 @@ def _integrated_gradients(model, inputs: dict, special, target, pad_id: int, acf
 
     if method == "integrated_gradients":
         lig = LayerIntegratedGradients(forward, model.get_input_embeddings())
-        attributions, delta = lig.attribute(input_ids, baselines=baseline, target=target, additional_forward_args=extra,
-                                            n_steps=int(acfg.n_steps), internal_batch_size=int(acfg.internal_batch_size),
-                                            return_convergence_delta=True)
+        attributions, delta = lig.attribute(
+            input_ids,
+            baselines=baseline,
+            target=target,
+            additional_forward_args=extra,
+            n_steps=int(acfg.n_steps),
+            internal_batch_size=int(acfg.internal_batch_size),
+            return_convergence_delta=True,
+        )
     else:  # gradient x (input - baseline) at the input: one forward and one backward pass
         attributions = _gradient_x_input(model, forward, input_ids, baseline, extra, target)
         delta = None
@@ -305,8 +348,14 @@ def faithfulness(session, attributions: list[Attribution], texts, pairs, k_perce
     names = label_names_of(session.model)
     result = {"n": len({o[0] for o in owners}), "k_percents": [float(k) for k in k_percents]}
     if not variants:
-        return {**result, "comprehensiveness": None, "sufficiency": None, "random_comprehensiveness": None,
-                "random_sufficiency": None, "per_k": {}}
+        return {
+            **result,
+            "comprehensiveness": None,
+            "sufficiency": None,
+            "random_comprehensiveness": None,
+            "random_sufficiency": None,
+            "per_k": {},
+        }
     probs = _classify(session, [v[0] for v in variants], [v[1] for v in variants] if pairs else None, model)
     drops: dict[tuple[int, str], list[float]] = {}
     for (i, ki, kind), p in zip(owners, probs):
@@ -314,9 +363,15 @@ def faithfulness(session, attributions: list[Attribution], texts, pairs, k_perce
         drops.setdefault((ki, kind), []).append(a.confidence - float(p[names.index(a.label)]))
     per_k = {}
     for ki, k in enumerate(k_percents):
-        per_k[str(k)] = {kind: float(np.mean(drops[(ki, short)])) for kind, short in
-                         (("comprehensiveness", "comp"), ("sufficiency", "suff"),
-                          ("random_comprehensiveness", "rcomp"), ("random_sufficiency", "rsuff"))}
+        per_k[str(k)] = {
+            kind: float(np.mean(drops[(ki, short)]))
+            for kind, short in (
+                ("comprehensiveness", "comp"),
+                ("sufficiency", "suff"),
+                ("random_comprehensiveness", "rcomp"),
+                ("random_sufficiency", "rsuff"),
+            )
+        }
     for kind in ("comprehensiveness", "sufficiency", "random_comprehensiveness", "random_sufficiency"):
         result[kind] = float(np.mean([v[kind] for v in per_k.values()]))
     result["per_k"] = per_k
@@ -370,9 +425,15 @@ def sanity_check(session, attributions: list[Attribution], texts, pairs, acfg, s
     rhos = [spearman(np.abs(a.scores), np.abs(b.scores)) for a, b in zip(attributions, other)]
     rhos = [r for r in rhos if r is not None]
     mean = float(np.mean(rhos)) if rhos else None
-    verdict = None if mean is None else (
-        "high: the attributions barely depend on what the model learned (they may reflect the input's form)" if mean > 0.5
-        else "low: the attributions depend on the trained weights (passes the model-randomisation check)")
+    verdict = (
+        None
+        if mean is None
+        else (
+            "high: the attributions barely depend on what the model learned (they may reflect the input's form)"
+            if mean > 0.5
+            else "low: the attributions depend on the trained weights (passes the model-randomisation check)"
+        )
+    )
     return {"rank_correlation": mean, "n": len(rhos), "verdict": verdict}
 
 
@@ -389,8 +450,13 @@ def explain_rows(session, rows: list[dict], texts, pairs, acfg) -> list[Attribut
 
 def large_deltas(attributions: list[Attribution], threshold: float) -> list[int]:
     """Indices whose |delta| exceeds `threshold` x |logit change| (IG did not converge: more n_steps)."""
-    return [i for i, a in enumerate(attributions) if a.delta is not None and a.logit_change is not None
-            and abs(a.delta) > threshold * max(abs(a.logit_change), 1e-6)]
+    return [
+        i
+        for i, a in enumerate(attributions)
+        if a.delta is not None
+        and a.logit_change is not None
+        and abs(a.delta) > threshold * max(abs(a.logit_change), 1e-6)
+    ]
 
 
 def delta_warning(attributions: list[Attribution], threshold: float, key: str = "attribution") -> str | None:
@@ -399,8 +465,10 @@ def delta_warning(attributions: list[Attribution], threshold: float, key: str = 
         return None
     worst = max(bad, key=lambda i: abs(attributions[i].delta) / max(abs(attributions[i].logit_change), 1e-6))
     a = attributions[worst]
-    return (f"warning: {len(bad)} of {len(attributions)} attributions miss completeness by more than {threshold:.0%} of the "
-            f"logit change (worst: delta {a.delta:+.4f} for a change of {a.logit_change:+.4f}); raise {key}.n_steps")
+    return (
+        f"warning: {len(bad)} of {len(attributions)} attributions miss completeness by more than {threshold:.0%} of the "
+        f"logit change (worst: delta {a.delta:+.4f} for a change of {a.logit_change:+.4f}); raise {key}.n_steps"
+    )
 
 
 def coloured_words(words: list[str], scores: list[float]):
@@ -422,13 +490,19 @@ def coloured_words(words: list[str], scores: list[float]):
 def print_explanations(rows: list[dict], console, shown: int) -> None:
     """Per input: the label and confidence, then its words coloured by score, then the top words with their values."""
     for row in rows[:shown]:
-        delta = "" if row.get("delta") is None else f", delta {row['delta']:+.2e} of logit change {row['logit_change']:+.4f}"
+        delta = (
+            ""
+            if row.get("delta") is None
+            else f", delta {row['delta']:+.2e} of logit change {row['logit_change']:+.4f}"
+        )
         console.print(f"[bold]{row['label']}[/] ({row['confidence']:.3f}; {row['method']}{delta})")
         console.print(coloured_words(row["words"], row["scores"]))
         order = sorted(range(len(row["words"])), key=lambda j: -abs(row["scores"][j]))[:5]
         console.print("  top: " + ", ".join(f"{row['words'][j]} {row['scores'][j]:+.3g}" for j in order))
-    console.print("[dim]green: toward the predicted label, red: against it (integrated gradients / gradient x input: "
-                  "logit units; occlusion: probability drop)[/]")
+    console.print(
+        "[dim]green: toward the predicted label, red: against it (integrated gradients / gradient x input: "
+        "logit units; occlusion: probability drop)[/]"
+    )
 
 
 # ------------------------------------------------------------------ evaluate diagnostics=attribution
@@ -458,7 +532,10 @@ def label_association(texts: list[str], labels: list[str]) -> dict:
     table = {}
     for w, by_label in counts.items():
         total = sum(by_label.values())
-        table[w] = {"count": total, "pmi": {y: math.log(((by_label.get(y, 0) + 1) / (total + len(names))) / prior[y]) for y in names}}
+        table[w] = {
+            "count": total,
+            "pmi": {y: math.log(((by_label.get(y, 0) + 1) / (total + len(names))) / prior[y]) for y in names},
+        }
     return table
 
 
@@ -526,29 +603,48 @@ def attribution_of_split(session, request, acfg, train_association: dict | None)
         if pairs:
             row["text_pair"] = pairs[i]
         records.append({**row, **a.as_record()})
-    payload = {"split": request.name, "method": str(acfg.method), "n_steps": int(acfg.n_steps),
-               "examples": {"error": sum(g == "error" for _, g in chosen), "correct": sum(g == "correct" for _, g in chosen)},
-               "attribution_seconds": seconds}
+    payload = {
+        "split": request.name,
+        "method": str(acfg.method),
+        "n_steps": int(acfg.n_steps),
+        "examples": {"error": sum(g == "error" for _, g in chosen), "correct": sum(g == "correct" for _, g in chosen)},
+        "attribution_seconds": seconds,
+    }
     ratios = [abs(a.delta) / max(abs(a.logit_change), 1e-6) for a in attributions if a.delta is not None]
-    payload["delta"] = {"mean_abs": float(np.mean([abs(a.delta) for a in attributions if a.delta is not None])) if ratios else None,
-                        "mean_relative": float(np.mean(ratios)) if ratios else None,
-                        "over_threshold": len(large_deltas(attributions, float(acfg.delta_warning))),
-                        "warning": delta_warning(attributions, float(acfg.delta_warning), key="diagnostics.attribution")}
-    payload["faithfulness"] = faithfulness(session, attributions, sel_texts, sel_pairs, list(acfg.k_percents), int(acfg.seed))
+    payload["delta"] = {
+        "mean_abs": float(np.mean([abs(a.delta) for a in attributions if a.delta is not None])) if ratios else None,
+        "mean_relative": float(np.mean(ratios)) if ratios else None,
+        "over_threshold": len(large_deltas(attributions, float(acfg.delta_warning))),
+        "warning": delta_warning(attributions, float(acfg.delta_warning), key="diagnostics.attribution"),
+    }
+    payload["faithfulness"] = faithfulness(
+        session, attributions, sel_texts, sel_pairs, list(acfg.k_percents), int(acfg.seed)
+    )
     for group in ("error", "correct"):
         keep = [k for k, (_, g) in enumerate(chosen) if g == group]
         if keep:
-            payload["faithfulness"][group] = {k: v for k, v in faithfulness(
-                session, [attributions[k] for k in keep], [sel_texts[k] for k in keep],
-                [sel_pairs[k] for k in keep] if sel_pairs else None, list(acfg.k_percents), int(acfg.seed)).items()
-                if k != "per_k"}
-    payload["sanity_check"] = sanity_check(session, attributions, sel_texts, sel_pairs, acfg, int(acfg.seed)) if acfg.sanity_check else None
+            payload["faithfulness"][group] = {
+                k: v
+                for k, v in faithfulness(
+                    session,
+                    [attributions[k] for k in keep],
+                    [sel_texts[k] for k in keep],
+                    [sel_pairs[k] for k in keep] if sel_pairs else None,
+                    list(acfg.k_percents),
+                    int(acfg.seed),
+                ).items()
+                if k != "per_k"
+            }
+    payload["sanity_check"] = (
+        sanity_check(session, attributions, sel_texts, sel_pairs, acfg, int(acfg.seed)) if acfg.sanity_check else None
+    )
     payload["leaned_on"] = leaned_on(records, train_association, int(acfg.top_words), int(acfg.min_word_count))
     return payload, records
 
 
-def run_attribution(session, task, requests, acfg, run_dir: Path | None = None, train_dataset=None,
-                    label_names: list[str] | None = None) -> dict:
+def run_attribution(
+    session, task, requests, acfg, run_dir: Path | None = None, train_dataset=None, label_names: list[str] | None = None
+) -> dict:
     """`diagnostics=attribution` on each split request: eval/<split>/attributions.jsonl (every attributed example) and
     eval/<split>/attribution.json (faithfulness vs random, sanity check, words leaned on); prints the tables.
 
@@ -576,8 +672,10 @@ def run_attribution(session, task, requests, acfg, run_dir: Path | None = None, 
     for split, payload in results.items():
         s = payload.get("sanity_check")
         if s and s["verdict"]:
-            console.print(f"sanity check ({split}): rank correlation with a re-initialised encoder {s['rank_correlation']:.2f} "
-                          f"over {s['n']} examples — {s['verdict']}")
+            console.print(
+                f"sanity check ({split}): rank correlation with a re-initialised encoder {s['rank_correlation']:.2f} "
+                f"over {s['n']} examples — {s['verdict']}"
+            )
         console.print(leaned_on_table(split, payload["leaned_on"]))
     return results
 
@@ -586,14 +684,21 @@ def faithfulness_table(results: dict):
     """Figures x splits: each attribution figure next to the random-words figure."""
     from rich.table import Table
 
-    table = Table(title="attribution faithfulness (ERASER AOPC over k% of words)", title_justify="left", caption_justify="left",
-                  caption="comprehensiveness: probability drop when the top words are removed (higher = more faithful); "
-                          "sufficiency: drop when only they are kept (lower = more faithful); random: the same number of random words")
+    table = Table(
+        title="attribution faithfulness (ERASER AOPC over k% of words)",
+        title_justify="left",
+        caption_justify="left",
+        caption="comprehensiveness: probability drop when the top words are removed (higher = more faithful); "
+        "sufficiency: drop when only they are kept (lower = more faithful); random: the same number of random words",
+    )
     table.add_column("figure", style="bold")
     for split in results:
         table.add_column(f"{split}", justify="right")
         table.add_column(f"{split} random", justify="right")
-    fmt = lambda v: "—" if v is None else f"{v:.3f}"
+
+    def fmt(v):
+        return "—" if v is None else f"{v:.3f}"
+
     for figure, better in (("comprehensiveness", 1), ("sufficiency", -1)):
         cells = []
         for payload in results.values():
@@ -617,16 +722,31 @@ def faithfulness_table(results: dict):
 def leaned_on_table(split: str, leaned: dict):
     from rich.table import Table
 
-    table = Table(title=f"what the model leans on ({split}): words by mean attribution toward the predicted label",
-                  title_justify="left", caption_justify="left",
-                  caption="train PMI: log p(label|word)/p(label) in the training split (~0: the word carries no label signal there); "
-                          "flags are heuristics")
-    for name, justify in (("label", "left"), ("word", "left"), ("mean score", "right"), ("examples", "right"),
-                          ("train PMI", "right"), ("flag", "left")):
+    table = Table(
+        title=f"what the model leans on ({split}): words by mean attribution toward the predicted label",
+        title_justify="left",
+        caption_justify="left",
+        caption="train PMI: log p(label|word)/p(label) in the training split (~0: the word carries no label signal there); "
+        "flags are heuristics",
+    )
+    for name, justify in (
+        ("label", "left"),
+        ("word", "left"),
+        ("mean score", "right"),
+        ("examples", "right"),
+        ("train PMI", "right"),
+        ("flag", "left"),
+    ):
         table.add_column(name, justify=justify)
     for label, rows in leaned.items():
         for e in rows:
             pmi = e.get("train_pmi")
-            table.add_row(label, e["word"], f"{e['mean_score']:+.3g}", str(e["examples"]), "—" if pmi is None else f"{pmi:+.2f}",
-                          f"[yellow]{e['flag']}[/]" if e.get("flag") else "")
+            table.add_row(
+                label,
+                e["word"],
+                f"{e['mean_score']:+.3g}",
+                str(e["examples"]),
+                "—" if pmi is None else f"{pmi:+.2f}",
+                f"[yellow]{e['flag']}[/]" if e.get("flag") else "",
+            )
     return table

@@ -24,8 +24,10 @@ def check_task(backends: list[str], task_name: str, checkpoint_dir: Path) -> Non
     """Before any work: the onnx backends are for classifiers."""
     others = [b for b in backends if b != "torch"]
     if others and task_name != "cls":
-        raise UserError(f"backend={others[0]} supports task=cls (classification) models; {checkpoint_dir} is a "
-                        f"task={task_name} model: use backend=torch")
+        raise UserError(
+            f"backend={others[0]} supports task=cls (classification) models; {checkpoint_dir} is a "
+            f"task={task_name} model: use backend=torch"
+        )
 
 
 def load_for_backend(backend: str, checkpoint_dir: Path, task_name: str, device, precision, cfg):
@@ -38,8 +40,9 @@ def load_for_backend(backend: str, checkpoint_dir: Path, task_name: str, device,
     return load_backend(checkpoint_dir, task_name, backend, device, cfg.cache_dir)
 
 
-def record_backends(backends: list[str], primary_session, checkpoint_dir: Path, task, requests: dict, results: dict,
-                    cfg) -> None:
+def record_backends(
+    backends: list[str], primary_session, checkpoint_dir: Path, task, requests: dict, results: dict, cfg
+) -> None:
     """Say in each split's metrics.json which backend wrote it; with several backends, add the comparison."""
     from lmreason.evaluation.outputs import write_json
     from lmreason.evaluation.predict import InferenceSession
@@ -48,9 +51,18 @@ def record_backends(backends: list[str], primary_session, checkpoint_dir: Path, 
     sessions = {backends[0]: primary_session}
     for backend in backends[1:]:
         device, precision = resolve_device(cfg.device)
-        model, tokenizer, device, precision = load_for_backend(backend, checkpoint_dir, task.name, device, precision, cfg)
-        sessions[backend] = InferenceSession(model, tokenizer, device, precision, primary_session.batch_size,
-                                             primary_session.max_length, primary_session.generation)
+        model, tokenizer, device, precision = load_for_backend(
+            backend, checkpoint_dir, task.name, device, precision, cfg
+        )
+        sessions[backend] = InferenceSession(
+            model,
+            tokenizer,
+            device,
+            precision,
+            primary_session.batch_size,
+            primary_session.max_length,
+            primary_session.generation,
+        )
     for split, request in requests.items():
         metrics = results[split]
         metrics["backend"] = backends[0]
@@ -72,10 +84,14 @@ def _compare(sessions: dict, task, request) -> dict:
         metrics = classification_metrics(predicted.labels, predicted.probs, names, loss=predicted.loss)
         choice = predicted.probs.argmax(axis=1)
         first = choice if first is None else first
-        rows[backend] = {"acc": metrics["acc"], "f1_macro": metrics["f1_macro"], "ece": metrics["ece"],
-                         "loss": metrics["loss"],
-                         "samples_per_s": len(choice) / predicted.seconds if predicted.seconds > 0 else None,
-                         "agreement": float(np.mean(choice == first)) if len(choice) else 1.0}
+        rows[backend] = {
+            "acc": metrics["acc"],
+            "f1_macro": metrics["f1_macro"],
+            "ece": metrics["ece"],
+            "loss": metrics["loss"],
+            "samples_per_s": len(choice) / predicted.seconds if predicted.seconds > 0 else None,
+            "agreement": float(np.mean(choice == first)) if len(choice) else 1.0,
+        }
     return rows
 
 
@@ -89,6 +105,13 @@ def _print_table(split: str, rows: dict, first: str) -> None:
         table.add_column(column, justify="left" if column == "backend" else "right")
     for backend, row in rows.items():
         speed = f"{row['samples_per_s']:.1f}" if row["samples_per_s"] else "-"
-        table.add_row(backend, f"{row['acc']:.4f}", f"{row['f1_macro']:.4f}", f"{row['ece']:.4f}", f"{row['loss']:.4f}",
-                      speed, f"{row['agreement']:.2%}")
+        table.add_row(
+            backend,
+            f"{row['acc']:.4f}",
+            f"{row['f1_macro']:.4f}",
+            f"{row['ece']:.4f}",
+            f"{row['loss']:.4f}",
+            speed,
+            f"{row['agreement']:.2%}",
+        )
     console.print(table)

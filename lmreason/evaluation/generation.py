@@ -25,7 +25,9 @@ def eos_ids(tokenizer, model=None) -> list[int]:
     return ids
 
 
-def generate_texts(model, tokenizer, prompt_ids: list[list[int]], gen_cfg, device, precision, streamer=None) -> tuple[list[str], list[bool]]:
+def generate_texts(
+    model, tokenizer, prompt_ids: list[list[int]], gen_cfg, device, precision, streamer=None
+) -> tuple[list[str], list[bool]]:
     """Greedy or sampled completions for token-id prompts, batched longest-first with left padding.
 
     Returns (texts in input order, whether each stopped at eos rather than at max_new_tokens).
@@ -35,7 +37,9 @@ def generate_texts(model, tokenizer, prompt_ids: list[list[int]], gen_cfg, devic
     return [tokenizer.decode(t, skip_special_tokens=True).strip() for t in tokens], finished
 
 
-def generate_ids(model, tokenizer, prompt_ids: list[list[int]], gen_cfg, device, precision, streamer=None) -> tuple[list[list[int]], list[bool]]:
+def generate_ids(
+    model, tokenizer, prompt_ids: list[list[int]], gen_cfg, device, precision, streamer=None
+) -> tuple[list[list[int]], list[bool]]:
     """As `generate_texts`, but the new token ids of each answer (up to, not including, its eos).
 
     Raises:
@@ -49,8 +53,12 @@ def generate_ids(model, tokenizer, prompt_ids: list[list[int]], gen_cfg, device,
 
     stops = eos_ids(tokenizer, model)
     pad = tokenizer.pad_token_id  # lmreason's tokenizers always have one (the eos where none shipped)
-    settings = {"max_new_tokens": int(gen_cfg.max_new_tokens), "do_sample": bool(gen_cfg.do_sample),
-                "pad_token_id": pad, "eos_token_id": stops}
+    settings = {
+        "max_new_tokens": int(gen_cfg.max_new_tokens),
+        "do_sample": bool(gen_cfg.do_sample),
+        "pad_token_id": pad,
+        "eos_token_id": stops,
+    }
     if gen_cfg.do_sample:
         settings.update(temperature=float(gen_cfg.temperature), top_p=float(gen_cfg.top_p), top_k=0)
     config = GenerationConfig(**settings)
@@ -60,12 +68,20 @@ def generate_ids(model, tokenizer, prompt_ids: list[list[int]], gen_cfg, device,
     answers, finished = [[] for _ in prompt_ids], [False] * len(prompt_ids)
     stop_set = torch.tensor(stops)
     for batch in sorted_batches(lengths, 1 if streamer is not None else int(gen_cfg.batch_size)):
-        padded = tokenizer.pad({"input_ids": [prompt_ids[i] for i in batch]}, padding_side="left",
-                               return_attention_mask=True, return_tensors="pt")  # (B, T) each
+        padded = tokenizer.pad(
+            {"input_ids": [prompt_ids[i] for i in batch]},
+            padding_side="left",
+            return_attention_mask=True,
+            return_tensors="pt",
+        )  # (B, T) each
         width = padded["input_ids"].shape[1]
         with torch.inference_mode(), autocast(device, precision):
-            out = model.generate(input_ids=padded["input_ids"].to(device), attention_mask=padded["attention_mask"].to(device),
-                                 generation_config=config, streamer=streamer)
+            out = model.generate(
+                input_ids=padded["input_ids"].to(device),
+                attention_mask=padded["attention_mask"].to(device),
+                generation_config=config,
+                streamer=streamer,
+            )
         new = out[:, width:].cpu()  # (B, new tokens): after eos come pad tokens
         for row, i in enumerate(batch):
             tokens = new[row]

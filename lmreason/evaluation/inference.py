@@ -18,13 +18,20 @@ def infer_labels(session: InferenceSession, texts: list[str], pairs: list[str] |
         if pairs is not None:
             row["text_pair"] = pairs[i]
         best = int(probs[i].argmax())
-        row.update({"label": names[best], "confidence": float(probs[i, best]),
-                    "probs": {name: float(p) for name, p in zip(names, probs[i])}})
+        row.update(
+            {
+                "label": names[best],
+                "confidence": float(probs[i, best]),
+                "probs": {name: float(p) for name, p in zip(names, probs[i])},
+            }
+        )
         results.append(row)
     return results
 
 
-def infer_answers(session: InferenceSession, task, texts: list[str], pairs: list[str] | None, stream: bool) -> list[dict]:
+def infer_answers(
+    session: InferenceSession, task, texts: list[str], pairs: list[str] | None, stream: bool
+) -> list[dict]:
     """{text, generated, finished} per prompt, in input order. `stream`: print the (single) answer
     token by token as it is generated.
 
@@ -34,15 +41,17 @@ def infer_answers(session: InferenceSession, task, texts: list[str], pairs: list
     from lmreason.evaluation.generation import generate_texts
 
     if pairs is not None:
-        raise UserError("text_pair_column is for sentence-pair classification; a generation prompt is one text "
-                        "(set text_pair_column=null)")
+        raise UserError(
+            "text_pair_column is for sentence-pair classification; a generation prompt is one text "
+            "(set text_pair_column=null)"
+        )
     prompts = task.encode_prompts(session.tokenizer, texts, session.max_length)
     streamer = None
     if stream:
         from transformers import TextStreamer
 
         streamer = TextStreamer(session.tokenizer, skip_prompt=True, skip_special_tokens=True)
-    generated, finished = generate_texts(session.model, session.tokenizer, prompts, session.generation,
-                                         session.device, session.precision, streamer)
+    generated, finished = generate_texts(
+        session.model, session.tokenizer, prompts, session.generation, session.device, session.precision, streamer
+    )
     return [{"text": text, "generated": out, "finished": done} for text, out, done in zip(texts, generated, finished)]
-

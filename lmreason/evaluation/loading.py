@@ -34,12 +34,16 @@ def resolve_checkpoint(run: str | None, checkpoint: str | None, prefer: str = "b
             candidate = run_dir / "checkpoints" / name
             if (candidate / "config.json").is_file() or (candidate / "adapter_config.json").is_file():
                 return candidate, run_dir
-        raise UserError(f"run={run}: no checkpoint in {run_dir / 'checkpoints'}; finetune it first (a checkpoint is written at every validation)")
+        raise UserError(
+            f"run={run}: no checkpoint in {run_dir / 'checkpoints'}; finetune it first (a checkpoint is written at every validation)"
+        )
     path = Path(checkpoint).expanduser()
     if not path.exists() and str(checkpoint).strip().lower() in PACKAGED_MODELS:  # e.g. the untuned SmolLM2
         path = Path(resolve_model_path(str(checkpoint)))
     if not ((path / "config.json").is_file() or (path / "adapter_config.json").is_file()):
-        raise UserError(f"checkpoint={checkpoint}: no model there (config.json missing); give a checkpoint dir, a Hugging Face model dir or a packaged model name")
+        raise UserError(
+            f"checkpoint={checkpoint}: no model there (config.json missing); give a checkpoint dir, a Hugging Face model dir or a packaged model name"
+        )
     return path, None
 
 
@@ -61,11 +65,14 @@ def saved_run_config(checkpoint_dir: Path) -> DictConfig | None:
     try:
         return OmegaConf.load(path)
     except Exception as exc:
-        raise UserError(f"{path}: unreadable config ({type(exc).__name__}); the checkpoint dir may be damaged") from None
+        raise UserError(
+            f"{path}: unreadable config ({type(exc).__name__}); the checkpoint dir may be damaged"
+        ) from None
 
 
-def load_model_for_inference(checkpoint_dir: Path, task_name: str, device, fast_paths: bool = True,
-                             trust_remote_code: bool = False):
+def load_model_for_inference(
+    checkpoint_dir: Path, task_name: str, device, fast_paths: bool = True, trust_remote_code: bool = False
+):
     """(model in eval mode on `device`, tokenizer). Safetensors weights only."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -77,11 +84,15 @@ def load_model_for_inference(checkpoint_dir: Path, task_name: str, device, fast_
         model = auto.from_pretrained(checkpoint_dir, use_safetensors=True, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{checkpoint_dir}: cannot load the model ({first[:200]}); lmreason loads safetensors weights only") from None
+        raise UserError(
+            f"{checkpoint_dir}: cannot load the model ({first[:200]}); lmreason loads safetensors weights only"
+        ) from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.to(device).eval()
-    apply_fast_paths(model, device, enabled=fast_paths, training=False)  # a classifier's last layer computes [CLS] only (checked)
+    apply_fast_paths(
+        model, device, enabled=fast_paths, training=False
+    )  # a classifier's last layer computes [CLS] only (checked)
     return model, tokenizer
 
 
@@ -110,16 +121,25 @@ def evaluation_config(cfg: DictConfig, checkpoint_dir: Path, saved: DictConfig |
     """
     data = cfg.data if cfg.data is not None else (saved.data if saved is not None else None)
     if data is None:
-        raise UserError(f"checkpoint={checkpoint_dir} has no lmreason run config: say which data to evaluate on (e.g. data=local data.path=...)")
+        raise UserError(
+            f"checkpoint={checkpoint_dir} has no lmreason run config: say which data to evaluate on (e.g. data=local data.path=...)"
+        )
     task = saved.task if saved is not None else OmegaConf.create({"name": task_of_model_dir(checkpoint_dir)})
     if cfg.get("task") is not None:  # other prompt settings, e.g. the format a fine-tuned run used, for its base model
         if cfg.task.name != task.name:
-            raise UserError(f"task={cfg.task.name}: {checkpoint_dir} is a task={task.name} model; evaluate it with task={task.name} or leave task unset")
+            raise UserError(
+                f"task={cfg.task.name}: {checkpoint_dir} is a task={task.name} model; evaluate it with task={task.name} or leave task unset"
+            )
         task = cfg.task
-    return OmegaConf.create({
-        "model": {"name_or_path": str(checkpoint_dir), "max_length": saved.model.max_length if saved is not None else None},
-        "task": OmegaConf.to_container(task, resolve=True),
-        "data": OmegaConf.to_container(data, resolve=True),
-        "cache_dir": cfg.cache_dir,
-        "force": False,
-    })
+    return OmegaConf.create(
+        {
+            "model": {
+                "name_or_path": str(checkpoint_dir),
+                "max_length": saved.model.max_length if saved is not None else None,
+            },
+            "task": OmegaConf.to_container(task, resolve=True),
+            "data": OmegaConf.to_container(data, resolve=True),
+            "cache_dir": cfg.cache_dir,
+            "force": False,
+        }
+    )

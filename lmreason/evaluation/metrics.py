@@ -230,6 +230,12 @@ def gap_table(
             "ood": None if y is None else float(y),
             "gap": gap,
             "ood_worse_by": worse_by,
-            "worse": None if worse_by is None else "ood" if worse_by > 0 else "in_distribution" if worse_by < 0 else "neither",
+            "worse": None
+            if worse_by is None
+            else "ood"
+            if worse_by > 0
+            else "in_distribution"
+            if worse_by < 0
+            else "neither",
         }
     return table

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 from lmreason.errors import UserError
 from lmreason.models.onnx_runtime import INSTALL_HINT, OnnxClassifier, require_onnxruntime  # noqa: F401 (re-exported)
 
@@ -71,7 +70,9 @@ def load_backend(checkpoint_dir: Path, task_name: str, backend: str, device, cac
     import torch
 
     if task_name != "cls":
-        raise UserError(f"backend={backend} supports task=cls (classification) models; {checkpoint_dir} is a "
-                        f"task={task_name} model: use backend=torch")
+        raise UserError(
+            f"backend={backend} supports task=cls (classification) models; {checkpoint_dir} is a "
+            f"task={task_name} model: use backend=torch"
+        )
     model, tokenizer = load_onnx_for_inference(checkpoint_dir, backend, device, cache_dir)
     return model, tokenizer, torch.device("cpu"), "fp32"

@@ -39,8 +39,13 @@ def save_classification_figures(metrics: dict, label_names: list[str], split: st
     """confusion_matrix.png and reliability.png of one split."""
     from lmreason.evaluation.plots import confusion_figure, reliability_figure, save_figure
 
-    save_figure(confusion_figure(metrics["confusion"], label_names, f"{split}: confusion matrix"), out_dir / "confusion_matrix.png")
-    save_figure(reliability_figure(metrics["reliability"], metrics["ece"], f"{split}: reliability"), out_dir / "reliability.png")
+    save_figure(
+        confusion_figure(metrics["confusion"], label_names, f"{split}: confusion matrix"),
+        out_dir / "confusion_matrix.png",
+    )
+    save_figure(
+        reliability_figure(metrics["reliability"], metrics["ece"], f"{split}: reliability"), out_dir / "reliability.png"
+    )
 
 
 def log_to_tensorboard(run_dir: Path, results: dict) -> None:
@@ -57,7 +62,13 @@ def log_to_tensorboard(run_dir: Path, results: dict) -> None:
             if isinstance(metrics.get(key), (int, float)):
                 writer.add_scalar(f"{split}/{key}", metrics[key], 0)
         if "confusion" in metrics:
-            writer.add_figure(f"{split}/confusion_matrix", confusion_figure(metrics["confusion"], metrics["label_names"], f"{split} confusion"))
+            writer.add_figure(
+                f"{split}/confusion_matrix",
+                confusion_figure(metrics["confusion"], metrics["label_names"], f"{split} confusion"),
+            )
         if "reliability" in metrics:
-            writer.add_figure(f"{split}/reliability", reliability_figure(metrics["reliability"], metrics["ece"], f"{split} reliability"))
+            writer.add_figure(
+                f"{split}/reliability",
+                reliability_figure(metrics["reliability"], metrics["ece"], f"{split} reliability"),
+            )
     writer.close()

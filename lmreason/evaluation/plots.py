@@ -84,12 +84,30 @@ def reliability_figure(bins: Sequence[dict], ece: float, title: str):
     filled = [b for b in bins if b["count"]]
     lefts = [b["lo"] for b in filled]
     widths = [b["hi"] - b["lo"] for b in filled]
-    ax.bar(lefts, [b["accuracy"] for b in filled], width=widths, align="edge",
-           color="tab:blue", edgecolor="black", linewidth=0.5, label="accuracy")
+    ax.bar(
+        lefts,
+        [b["accuracy"] for b in filled],
+        width=widths,
+        align="edge",
+        color="tab:blue",
+        edgecolor="black",
+        linewidth=0.5,
+        label="accuracy",
+    )
     # Hatched red shows the gap between each bin's mean confidence and its accuracy.
-    ax.bar(lefts, [b["confidence"] - b["accuracy"] for b in filled], width=widths, align="edge",
-           bottom=[b["accuracy"] for b in filled], color="tab:red", alpha=0.3, hatch="//",
-           edgecolor="tab:red", linewidth=0.5, label="gap to confidence")
+    ax.bar(
+        lefts,
+        [b["confidence"] - b["accuracy"] for b in filled],
+        width=widths,
+        align="edge",
+        bottom=[b["accuracy"] for b in filled],
+        color="tab:red",
+        alpha=0.3,
+        hatch="//",
+        edgecolor="tab:red",
+        linewidth=0.5,
+        label="gap to confidence",
+    )
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="perfect calibration")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)

@@ -62,14 +62,18 @@ def predict_split(session: InferenceSession, task, dataset, label_names: list[st
     model_labels = label_names_of(session.model)
     unknown = sorted(set(label_names) - set(model_labels))
     if unknown:
-        raise UserError(f"labels {unknown[:5]} are not among the model's labels {model_labels[:10]}; "
-                        "evaluate on data with the model's label set")
+        raise UserError(
+            f"labels {unknown[:5]} are not among the model's labels {model_labels[:10]}; "
+            "evaluate on data with the model's label set"
+        )
     to_model = np.array([model_labels.index(name) for name in label_names])
     began = time.perf_counter()
     examples = TokenizedSplit(dataset, task, session.tokenizer.pad_token_id)
     batches = sorted_batches(examples.lengths, session.batch_size)
     with torch.inference_mode(), autocast(session.device, session.precision):
-        labels, probs, loss = task.predict(session.model, (to_device(examples.collate(b), session.device) for b in batches))
+        labels, probs, loss = task.predict(
+            session.model, (to_device(examples.collate(b), session.device) for b in batches)
+        )
     restored = restore_order(batches)
     return SplitPredictions(to_model[labels[restored]], probs[restored], loss, time.perf_counter() - began)
 
@@ -86,13 +90,19 @@ def classify_texts(session: InferenceSession, texts: list[str], pairs: list[str]
 
     tokenizer, model = session.tokenizer, session.model
     encoded = tokenizer(texts, pairs, truncation=True, max_length=session.max_length)
-    keys = [k for k in ("input_ids", "token_type_ids") if k in encoded and k in tokenizer.model_input_names + ["input_ids"]]
+    keys = [
+        k for k in ("input_ids", "token_type_ids") if k in encoded and k in tokenizer.model_input_names + ["input_ids"]
+    ]
     lengths = np.array([len(ids) for ids in encoded["input_ids"]])
     probs = np.zeros((len(texts), model.config.num_labels))
     with torch.inference_mode(), autocast(session.device, session.precision):
         for batch in sorted_batches(lengths, session.batch_size):
-            padded = tokenizer.pad({k: [encoded[k][i] for i in batch] for k in keys}, padding_side="right",
-                                   return_attention_mask=True, return_tensors="pt")
+            padded = tokenizer.pad(
+                {k: [encoded[k][i] for i in batch] for k in keys},
+                padding_side="right",
+                return_attention_mask=True,
+                return_tensors="pt",
+            )
             logits = model(**{k: v.to(session.device) for k, v in padded.items()}).logits.float()
             probs[batch] = torch.softmax(logits, dim=-1).cpu().numpy()
     return probs

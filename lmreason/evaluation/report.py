@@ -32,8 +32,14 @@ def metrics_table(metrics: Mapping, title: str) -> Table:
     for name, row in per_class.items():
         # Dim classes absent from this split: their zeros are "undefined", not "wrong".
         style = "dim" if row["support"] == 0 else None
-        table.add_row(name, _fmt(row["precision"], 3), _fmt(row["recall"], 3), _fmt(row["f1"], 3),
-                      str(row["support"]), style=style)
+        table.add_row(
+            name,
+            _fmt(row["precision"], 3),
+            _fmt(row["recall"], 3),
+            _fmt(row["f1"], 3),
+            str(row["support"]),
+            style=style,
+        )
     count = max(len(per_class), 1)
     table.add_section()
     table.add_row(
@@ -88,7 +94,9 @@ def generation_slices_table(slices: Mapping[str, Mapping], column: str) -> Table
     return table
 
 
-def gap_rich_table(gap: Mapping[str, Mapping], id_name: str = "test", ood_name: str = "ood", about: str | None = None) -> Table:
+def gap_rich_table(
+    gap: Mapping[str, Mapping], id_name: str = "test", ood_name: str = "ood", about: str | None = None
+) -> Table:
     """Metric, in-distribution, OOD and "OOD worse by" columns from ``metrics.gap_table``.
 
     "OOD worse by" has one sign for every metric: positive (red) = OOD is worse — lower

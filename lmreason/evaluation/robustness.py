@@ -35,8 +35,7 @@ from typing import Any
 import numpy as np
 
 from lmreason.errors import UserError
-from lmreason.evaluation.perturb import DIR, INV, Perturbation, identity
-from lmreason.evaluation.perturb import character, reasoning, word
+from lmreason.evaluation.perturb import DIR, INV, Perturbation, character, identity, reasoning, word
 
 KNOWN_SUITES = ("character", "word", "reasoning", "identity")
 KNOWN_ATTACKS = ("greedy",)
@@ -51,30 +50,52 @@ def check_config(rcfg, task_name: str | None = None) -> None:
     """
     unknown = [s for s in rcfg.suites if s not in KNOWN_SUITES]
     if unknown:
-        raise UserError(f"diagnostics.robustness.suites: unknown suite {unknown[0]!r}; known suites: {', '.join(KNOWN_SUITES)}")
+        raise UserError(
+            f"diagnostics.robustness.suites: unknown suite {unknown[0]!r}; known suites: {', '.join(KNOWN_SUITES)}"
+        )
     if not rcfg.suites and not rcfg.attack:
-        raise UserError("diagnostics.robustness.suites is empty and no attack is set: give suites=[character,word,reasoning] or attack=greedy")
+        raise UserError(
+            "diagnostics.robustness.suites is empty and no attack is set: give suites=[character,word,reasoning] or attack=greedy"
+        )
     if rcfg.examples is None or rcfg.examples <= 0:
-        raise UserError(f"diagnostics.robustness.examples={rcfg.examples}: must be > 0 (examples per split tried by each suite)")
+        raise UserError(
+            f"diagnostics.robustness.examples={rcfg.examples}: must be > 0 (examples per split tried by each suite)"
+        )
     if not 0 < rcfg.meaning_threshold <= 1:
         raise UserError(f"diagnostics.robustness.meaning_threshold={rcfg.meaning_threshold}: must be in (0, 1]")
     for key in ("character.rate", "word.rate", "max_changed_share"):
-        value = rcfg.character.rate if key == "character.rate" else rcfg.word.rate if key == "word.rate" else rcfg.max_changed_share
+        value = (
+            rcfg.character.rate
+            if key == "character.rate"
+            else rcfg.word.rate
+            if key == "word.rate"
+            else rcfg.max_changed_share
+        )
         if not 0 < value <= 1:
             raise UserError(f"diagnostics.robustness.{key}={value}: must be in (0, 1]")
     unknown_sources = [s for s in rcfg.word.sources if s not in ("embedding", "wordnet")]
     if unknown_sources:
-        raise UserError(f"diagnostics.robustness.word.sources: unknown source {unknown_sources[0]!r}; known: embedding, wordnet")
+        raise UserError(
+            f"diagnostics.robustness.word.sources: unknown source {unknown_sources[0]!r}; known: embedding, wordnet"
+        )
     if rcfg.attack is not None:
         if rcfg.attack not in KNOWN_ATTACKS:
-            raise UserError(f"diagnostics.robustness.attack={rcfg.attack}: unknown attack; known: {', '.join(KNOWN_ATTACKS)} (or null)")
+            raise UserError(
+                f"diagnostics.robustness.attack={rcfg.attack}: unknown attack; known: {', '.join(KNOWN_ATTACKS)} (or null)"
+            )
         if task_name == "gen":
-            raise UserError("diagnostics.robustness.attack=greedy needs a classifier (task=cls): it attacks class probabilities; "
-                            "unset the attack for a task=gen model")
+            raise UserError(
+                "diagnostics.robustness.attack=greedy needs a classifier (task=cls): it attacks class probabilities; "
+                "unset the attack for a task=gen model"
+            )
         if rcfg.query_budget is None or rcfg.query_budget <= 0:
-            raise UserError(f"diagnostics.robustness.query_budget={rcfg.query_budget}: must be > 0 (model calls per attacked example)")
+            raise UserError(
+                f"diagnostics.robustness.query_budget={rcfg.query_budget}: must be > 0 (model calls per attacked example)"
+            )
         if rcfg.attack_examples is not None and rcfg.attack_examples <= 0:
-            raise UserError(f"diagnostics.robustness.attack_examples={rcfg.attack_examples}: must be > 0 (or null: as many as examples)")
+            raise UserError(
+                f"diagnostics.robustness.attack_examples={rcfg.attack_examples}: must be > 0 (or null: as many as examples)"
+            )
 
 
 # ------------------------------------------------------------------ tests of the suites
@@ -88,32 +109,70 @@ def build_tests(rcfg, label_names: list[str], synonyms=None, uncased: bool = Fal
     tests: list[Perturbation] = []
     for suite in rcfg.suites:
         if suite == "identity":
-            tests.append(Perturbation("identity", "none", INV, identity, about="the text unchanged (flip rate must be 0)"))
+            tests.append(
+                Perturbation("identity", "none", INV, identity, about="the text unchanged (flip rate must be 0)")
+            )
         elif suite == "character":
             tests += [
-                Perturbation("character", "typos", INV, lambda t, r: character.typos(t, r, rate),
-                             about=f"DeepWordBug edits (keyboard neighbour, deletion, insertion, repetition, swap) on {rate:.0%} of words"),
+                Perturbation(
+                    "character",
+                    "typos",
+                    INV,
+                    lambda t, r: character.typos(t, r, rate),
+                    about=f"DeepWordBug edits (keyboard neighbour, deletion, insertion, repetition, swap) on {rate:.0%} of words",
+                ),
             ]
             if not uncased:
-                tests.append(Perturbation("character", "case", INV, lambda t, r: character.change_case(t, r, rate),
-                                          about=f"upper/lower/capitalised forms of {rate:.0%} of words"))
+                tests.append(
+                    Perturbation(
+                        "character",
+                        "case",
+                        INV,
+                        lambda t, r: character.change_case(t, r, rate),
+                        about=f"upper/lower/capitalised forms of {rate:.0%} of words",
+                    )
+                )
             tests += [
-                Perturbation("character", "punctuation", INV,
-                             lambda t, r: character.change_punctuation(t, r, float(rcfg.character.punctuation_rate)),
-                             about="final punctuation dropped or added, commas dropped"),
+                Perturbation(
+                    "character",
+                    "punctuation",
+                    INV,
+                    lambda t, r: character.change_punctuation(t, r, float(rcfg.character.punctuation_rate)),
+                    about="final punctuation dropped or added, commas dropped",
+                ),
             ]
         elif suite == "word":
             word_rate = float(rcfg.word.rate)
-            tests.append(Perturbation("word", "synonyms", INV, lambda t, r, word_rate=word_rate: word.substitute_synonyms(t, r, synonyms, word_rate),
-                                      about=f"{word_rate:.0%} of content words to synonyms, meaning check >= {rcfg.meaning_threshold}"))
+            tests.append(
+                Perturbation(
+                    "word",
+                    "synonyms",
+                    INV,
+                    lambda t, r, word_rate=word_rate: word.substitute_synonyms(t, r, synonyms, word_rate),
+                    about=f"{word_rate:.0%} of content words to synonyms, meaning check >= {rcfg.meaning_threshold}",
+                )
+            )
         elif suite == "reasoning":
             tests += [
-                Perturbation("reasoning", "rename", INV, lambda t, r: reasoning.rename(t, r, labels),
-                             about="one term (nonce word) or person (same-gender name) renamed everywhere"),
+                Perturbation(
+                    "reasoning",
+                    "rename",
+                    INV,
+                    lambda t, r: reasoning.rename(t, r, labels),
+                    about="one term (nonce word) or person (same-gender name) renamed everywhere",
+                ),
                 Perturbation("reasoning", "reorder", INV, reasoning.reorder, about="premises in another order"),
-                Perturbation("reasoning", "distractor", INV, reasoning.distractor, about="an irrelevant premise about new terms"),
-                Perturbation("reasoning", "negation", DIR, reasoning.negate_conclusion, expected_label=reasoning.negated_label,
-                             about="syllogism conclusion replaced by its contradictory: Yes -> No"),
+                Perturbation(
+                    "reasoning", "distractor", INV, reasoning.distractor, about="an irrelevant premise about new terms"
+                ),
+                Perturbation(
+                    "reasoning",
+                    "negation",
+                    DIR,
+                    reasoning.negate_conclusion,
+                    expected_label=reasoning.negated_label,
+                    about="syllogism conclusion replaced by its contradictory: Yes -> No",
+                ),
             ]
     return tests
 
@@ -140,8 +199,9 @@ class Applied:
     rejected: int = 0  # word suite: candidates the meaning check rejected
 
 
-def apply_tests(tests, texts: list[str], sample_index: list[int], gold_names: list[str], seed: int,
-                meaning=None, tries: int = 1) -> list[Applied]:
+def apply_tests(
+    tests, texts: list[str], sample_index: list[int], gold_names: list[str], seed: int, meaning=None, tries: int = 1
+) -> list[Applied]:
     """Each test on each sampled text; the word suite's candidates pass the meaning check in one batch."""
     applied = []
     for test in tests:
@@ -208,15 +268,22 @@ class Resources:
             sources = []
             for name in self.rcfg.word.sources:
                 if name == "embedding":
-                    sources.append(word.EmbeddingNeighbours.from_encoder(
-                        self.encoder, k=int(self.rcfg.word.neighbours), min_similarity=float(self.rcfg.word.min_neighbour_similarity)))
+                    sources.append(
+                        word.EmbeddingNeighbours.from_encoder(
+                            self.encoder,
+                            k=int(self.rcfg.word.neighbours),
+                            min_similarity=float(self.rcfg.word.min_neighbour_similarity),
+                        )
+                    )
                 elif name == "wordnet":
                     source = word.WordNetSynonyms(k=int(self.rcfg.word.neighbours))
                     if source.available():
                         sources.append(source)
                     else:
-                        self.notes.append("word synonyms: WordNet skipped (nltk or its wordnet data is not installed; "
-                                          "python -m nltk.downloader wordnet, or NLTK_DATA=<dir of Debian's wordnet-base>)")
+                        self.notes.append(
+                            "word synonyms: WordNet skipped (nltk or its wordnet data is not installed; "
+                            "python -m nltk.downloader wordnet, or NLTK_DATA=<dir of Debian's wordnet-base>)"
+                        )
             self._synonyms = word.Synonyms(sources)
         return self._synonyms
 
@@ -256,8 +323,15 @@ def _cls_split(session, request, rcfg, resources: Resources) -> tuple[dict, list
     if synonyms is not None:
         synonyms.prefetch(m.group() for t in texts for m in word.content_words(t))
     tests = build_tests(rcfg, model_labels, synonyms, uncased=is_uncased(session.tokenizer))
-    applied = apply_tests(tests, texts, index, gold_names, int(rcfg.seed),
-                          resources.meaning if "word" in rcfg.suites else None, int(rcfg.word.tries))
+    applied = apply_tests(
+        tests,
+        texts,
+        index,
+        gold_names,
+        int(rcfg.seed),
+        resources.meaning if "word" in rcfg.suites else None,
+        int(rcfg.word.tries),
+    )
     # the clean texts and every test's perturbed texts in one batched pass
     all_texts = texts + [t for a in applied for t in a.texts]
     all_pairs = (pairs + [pairs[r] for a in applied for r in a.rows]) if pairs else None
@@ -266,7 +340,7 @@ def _cls_split(session, request, rcfg, resources: Resources) -> tuple[dict, list
     before = clean.argmax(axis=1)
     figures, records = {}, []
     for a in applied:
-        after_probs = probs[at: at + len(a.rows)]
+        after_probs = probs[at : at + len(a.rows)]
         at += len(a.rows)
         figures[a.test.key] = _cls_figures(a, clean, after_probs, gold, model_labels, len(texts))
         for k, pos in enumerate(a.rows):
@@ -274,31 +348,67 @@ def _cls_split(session, request, rcfg, resources: Resources) -> tuple[dict, list
             after = int(after_probs[k].argmax())
             broke = after != before[pos] if a.test.expectation == INV else after != want
             if broke:
-                records.append({"suite": a.test.key, "expectation": a.test.expectation, "original": texts[pos],
-                                "perturbed": a.texts[k], "gold": gold_names[pos], "expected": a.expected[k],
-                                "predicted_before": model_labels[before[pos]], "confidence_before": float(clean[pos, before[pos]]),
-                                "predicted_after": model_labels[after], "confidence_after": float(after_probs[k, after])})
-    payload = {"split": request.name, "task": "cls", "examples": len(texts), "seed": int(rcfg.seed),
-               "clean_acc": float((before == gold).mean()) if len(texts) else None, "tests": figures}
+                records.append(
+                    {
+                        "suite": a.test.key,
+                        "expectation": a.test.expectation,
+                        "original": texts[pos],
+                        "perturbed": a.texts[k],
+                        "gold": gold_names[pos],
+                        "expected": a.expected[k],
+                        "predicted_before": model_labels[before[pos]],
+                        "confidence_before": float(clean[pos, before[pos]]),
+                        "predicted_after": model_labels[after],
+                        "confidence_after": float(after_probs[k, after]),
+                    }
+                )
+    payload = {
+        "split": request.name,
+        "task": "cls",
+        "examples": len(texts),
+        "seed": int(rcfg.seed),
+        "clean_acc": float((before == gold).mean()) if len(texts) else None,
+        "tests": figures,
+    }
     if rcfg.attack:
         from lmreason.evaluation.attack import AttackSettings, greedy_attack
 
         n_attack = int(rcfg.attack_examples or rcfg.examples)
         keep = list(range(min(n_attack, len(texts))))
-        attack, attacked = greedy_attack(session, [texts[i] for i in keep], [pairs[i] for i in keep] if pairs else None,
-                                         gold[keep], clean[keep],
-                                         AttackSettings(synonyms, resources.meaning, budget=int(rcfg.query_budget),
-                                                        max_changed_share=float(rcfg.max_changed_share)))
+        attack, attacked = greedy_attack(
+            session,
+            [texts[i] for i in keep],
+            [pairs[i] for i in keep] if pairs else None,
+            gold[keep],
+            clean[keep],
+            AttackSettings(
+                synonyms,
+                resources.meaning,
+                budget=int(rcfg.query_budget),
+                max_changed_share=float(rcfg.max_changed_share),
+            ),
+        )
         attack["name"] = rcfg.attack
         payload["attack"] = attack
         for rec in attacked:
             if rec["success"]:
                 pos, after = keep[rec["index"]], rec["probs"]
-                records.append({"suite": f"attack/{rcfg.attack}", "expectation": INV, "original": rec["original"],
-                                "perturbed": rec["perturbed"], "gold": gold_names[pos], "expected": gold_names[pos],
-                                "predicted_before": model_labels[before[pos]], "confidence_before": float(clean[pos, before[pos]]),
-                                "predicted_after": model_labels[int(after.argmax())], "confidence_after": float(after.max()),
-                                "queries": rec["queries"], "words_changed": rec["words_changed"]})
+                records.append(
+                    {
+                        "suite": f"attack/{rcfg.attack}",
+                        "expectation": INV,
+                        "original": rec["original"],
+                        "perturbed": rec["perturbed"],
+                        "gold": gold_names[pos],
+                        "expected": gold_names[pos],
+                        "predicted_before": model_labels[before[pos]],
+                        "confidence_before": float(clean[pos, before[pos]]),
+                        "predicted_after": model_labels[int(after.argmax())],
+                        "confidence_after": float(after.max()),
+                        "queries": rec["queries"],
+                        "words_changed": rec["words_changed"],
+                    }
+                )
     payload["synonyms"] = _synonyms_info(synonyms)
     return payload, records
 
@@ -312,12 +422,25 @@ def _synonyms_info(synonyms) -> dict | None:
 
 def _cls_figures(a: Applied, clean, after_probs, gold, model_labels, tried: int) -> dict:
     rows = np.array(a.rows, dtype=np.int64)
-    out = {"suite": a.test.suite, "test": a.test.name, "expectation": a.test.expectation, "about": a.test.about,
-           "tried": tried, "applicable": len(rows)}
+    out = {
+        "suite": a.test.suite,
+        "test": a.test.name,
+        "expectation": a.test.expectation,
+        "about": a.test.about,
+        "tried": tried,
+        "applicable": len(rows),
+    }
     if a.test.suite == "word":
         out.update(meaning_candidates=a.candidates, meaning_rejected=a.rejected)
     if not len(rows):
-        out.update(acc_before=None, acc_after=None, flip_rate=None, failure_rate=None, label_loyalty=None, probability_loyalty=None)
+        out.update(
+            acc_before=None,
+            acc_after=None,
+            flip_rate=None,
+            failure_rate=None,
+            label_loyalty=None,
+            probability_loyalty=None,
+        )
         return out
     want = np.array([model_labels.index(e) if e in model_labels else -1 for e in a.expected])
     before, after = clean[rows].argmax(axis=1), after_probs.argmax(axis=1)
@@ -325,9 +448,14 @@ def _cls_figures(a: Applied, clean, after_probs, gold, model_labels, tried: int)
     fail = flips if a.test.expectation == INV else after != want
     p_before = clean[rows, gold[rows]]
     p_after = np.where(want >= 0, after_probs[np.arange(len(rows)), np.maximum(want, 0)], 0.0)
-    out.update(acc_before=float((before == gold[rows]).mean()), acc_after=float((after == want).mean()),
-               flip_rate=float(flips.mean()), failure_rate=float(fail.mean()), label_loyalty=float(1 - flips.mean()),
-               probability_loyalty=float((p_after - p_before).mean()))
+    out.update(
+        acc_before=float((before == gold[rows]).mean()),
+        acc_after=float((after == want).mean()),
+        flip_rate=float(flips.mean()),
+        failure_rate=float(fail.mean()),
+        label_loyalty=float(1 - flips.mean()),
+        probability_loyalty=float((p_after - p_before).mean()),
+    )
     return out
 
 
@@ -341,23 +469,35 @@ def _gen_split(session, task, request, rcfg, resources: Resources) -> tuple[dict
     dataset = request.dataset
     index = sample_rows(len(dataset), int(rcfg.examples), int(rcfg.seed))
     sample = dataset.select(index)
-    columns = {c: list(sample[c]) for c in sample.column_names
-               if c in ("task", "entry", "generator_config", "prompt", "answer", "completion")}
+    columns = {
+        c: list(sample[c])
+        for c in sample.column_names
+        if c in ("task", "entry", "generator_config", "prompt", "answer", "completion")
+    }
     prompts = columns["prompt"]
     gold_names = [str(a) for a in columns.get("answer", columns["completion"])]
     synonyms = resources.synonyms if "word" in rcfg.suites else None
     if synonyms is not None:
         synonyms.prefetch(m.group() for t in prompts for m in word.content_words(t))
     tests = build_tests(rcfg, [], synonyms, uncased=is_uncased(session.tokenizer))
-    applied = apply_tests(tests, prompts, index, gold_names, int(rcfg.seed),
-                          resources.meaning if "word" in rcfg.suites else None, int(rcfg.word.tries))
+    applied = apply_tests(
+        tests,
+        prompts,
+        index,
+        gold_names,
+        int(rcfg.seed),
+        resources.meaning if "word" in rcfg.suites else None,
+        int(rcfg.word.tries),
+    )
     all_prompts = prompts + [t for a in applied for t in a.texts]
     ids = task.encode_prompts(session.tokenizer, all_prompts, session.max_length)
-    answers, _ = generate_texts(session.model, session.tokenizer, ids, session.generation, session.device, session.precision)
+    answers, _ = generate_texts(
+        session.model, session.tokenizer, ids, session.generation, session.device, session.precision
+    )
     clean_scores = score_rows(_Columns(columns), answers[: len(prompts)])
     figures, records, at = {}, [], len(prompts)
     for a in applied:
-        outs = answers[at: at + len(a.rows)]
+        outs = answers[at : at + len(a.rows)]
         at += len(a.rows)
         cols = {c: [v[r] for r in a.rows] for c, v in columns.items()}
         cols["prompt"] = list(a.texts)
@@ -366,34 +506,73 @@ def _gen_split(session, task, request, rcfg, resources: Resources) -> tuple[dict
                 if c in cols:
                     cols[c] = list(a.expected)
             if "entry" in cols:
-                cols["entry"] = [json.dumps({**json.loads(e), "question": q, "answer": want}) if e else e
-                                 for e, q, want in zip(cols["entry"], a.texts, a.expected)]
+                cols["entry"] = [
+                    json.dumps({**json.loads(e), "question": q, "answer": want}) if e else e
+                    for e, q, want in zip(cols["entry"], a.texts, a.expected)
+                ]
         scores = score_rows(_Columns(cols), outs) if a.rows else np.zeros(0)
         before = clean_scores[a.rows] if a.rows else np.zeros(0)
-        changed = np.array([normalize_answer(o) != normalize_answer(answers[r]) for o, r in zip(outs, a.rows)], dtype=bool)
+        changed = np.array(
+            [normalize_answer(o) != normalize_answer(answers[r]) for o, r in zip(outs, a.rows)], dtype=bool
+        )
         fail = changed if a.test.expectation == INV else scores < 1.0
-        entry = {"suite": a.test.suite, "test": a.test.name, "expectation": a.test.expectation, "about": a.test.about,
-                 "tried": len(prompts), "applicable": len(a.rows)}
+        entry = {
+            "suite": a.test.suite,
+            "test": a.test.name,
+            "expectation": a.test.expectation,
+            "about": a.test.about,
+            "tried": len(prompts),
+            "applicable": len(a.rows),
+        }
         if a.test.suite == "word":
             entry.update(meaning_candidates=a.candidates, meaning_rejected=a.rejected)
         if a.rows:
-            entry.update(acc_before=float((before >= 1).mean()), acc_after=float((scores >= 1).mean()),
-                         score_before=float(before.mean()), score_after=float(scores.mean()),
-                         flip_rate=float(changed.mean()), failure_rate=float(fail.mean()), label_loyalty=float(1 - changed.mean()),
-                         probability_loyalty=None)
+            entry.update(
+                acc_before=float((before >= 1).mean()),
+                acc_after=float((scores >= 1).mean()),
+                score_before=float(before.mean()),
+                score_after=float(scores.mean()),
+                flip_rate=float(changed.mean()),
+                failure_rate=float(fail.mean()),
+                label_loyalty=float(1 - changed.mean()),
+                probability_loyalty=None,
+            )
         else:
-            entry.update(acc_before=None, acc_after=None, flip_rate=None, failure_rate=None, label_loyalty=None, probability_loyalty=None)
+            entry.update(
+                acc_before=None,
+                acc_after=None,
+                flip_rate=None,
+                failure_rate=None,
+                label_loyalty=None,
+                probability_loyalty=None,
+            )
         figures[a.test.key] = entry
         for k, r in enumerate(a.rows):
             if fail[k]:
-                records.append({"suite": a.test.key, "expectation": a.test.expectation, "original": prompts[r],
-                                "perturbed": a.texts[k], "gold": gold_names[r], "expected": a.expected[k],
-                                "predicted_before": answers[r], "score_before": float(clean_scores[r]),
-                                "predicted_after": outs[k], "score_after": float(scores[k])})
-    payload = {"split": request.name, "task": "gen", "examples": len(prompts), "seed": int(rcfg.seed),
-               "clean_acc": float((clean_scores >= 1).mean()) if len(prompts) else None,
-               "clean_score": float(clean_scores.mean()) if len(prompts) else None, "tests": figures,
-               "synonyms": _synonyms_info(synonyms)}
+                records.append(
+                    {
+                        "suite": a.test.key,
+                        "expectation": a.test.expectation,
+                        "original": prompts[r],
+                        "perturbed": a.texts[k],
+                        "gold": gold_names[r],
+                        "expected": a.expected[k],
+                        "predicted_before": answers[r],
+                        "score_before": float(clean_scores[r]),
+                        "predicted_after": outs[k],
+                        "score_after": float(scores[k]),
+                    }
+                )
+    payload = {
+        "split": request.name,
+        "task": "gen",
+        "examples": len(prompts),
+        "seed": int(rcfg.seed),
+        "clean_acc": float((clean_scores >= 1).mean()) if len(prompts) else None,
+        "clean_score": float(clean_scores.mean()) if len(prompts) else None,
+        "tests": figures,
+        "synonyms": _synonyms_info(synonyms),
+    }
     return payload, records
 
 
@@ -425,7 +604,9 @@ def run_robustness(session, task, requests, rcfg, run_dir: Path | None = None, c
         write_json(request.out_dir / "robustness.json", payload)
         write_jsonl(request.out_dir / "robustness.jsonl", records)
     if "character" in rcfg.suites and is_uncased(session.tokenizer):
-        resources.notes.append("robustness: character/case skipped: the model's tokenizer is uncased (case changes are invisible to it)")
+        resources.notes.append(
+            "robustness: character/case skipped: the model's tokenizer is uncased (case changes are invisible to it)"
+        )
     for note in resources.notes:
         console.print(note)
     _print_skipped(results, console)
@@ -433,13 +614,17 @@ def run_robustness(session, task, requests, rcfg, run_dir: Path | None = None, c
     for split, payload in results.items():
         if payload.get("attack"):
             a = payload["attack"]
-            console.print(f"attack {a['name']} ({split}): {a['attacked']} attacked, success rate {_pct(a['success_rate'])}, "
-                          f"words changed {_pct(a['mean_words_changed'])}, queries {a['mean_queries'] or 0:.1f} per example")
+            console.print(
+                f"attack {a['name']} ({split}): {a['attacked']} attacked, success rate {_pct(a['success_rate'])}, "
+                f"words changed {_pct(a['mean_words_changed'])}, queries {a['mean_queries'] or 0:.1f} per example"
+            )
     shown = worst_flipped(results, flipped, int(rcfg.flipped_shown))
     for split, rec in shown:
         expected = "" if rec["expected"] == rec["gold"] else f", expected {rec['expected']}"
-        console.print(f"[bold]{rec['suite']}[/] ({split}): gold {rec['gold']}{expected}; predicted {rec['predicted_before']} -> "
-                      f"{rec['predicted_after']}\n  {highlight_changes(rec['original'], rec['perturbed'])}")
+        console.print(
+            f"[bold]{rec['suite']}[/] ({split}): gold {rec['gold']}{expected}; predicted {rec['predicted_before']} -> "
+            f"{rec['predicted_after']}\n  {highlight_changes(rec['original'], rec['perturbed'])}"
+        )
     if run_dir is not None:
         log_robustness(run_dir, results)
     return results
@@ -454,7 +639,9 @@ def _print_skipped(results: dict, console) -> None:
             tests[key] = tests.get(key, 0) + f["applicable"]
     for suite, tests in by_suite.items():
         if not any(tests.values()):
-            console.print(f"robustness: suite {suite} does not apply to this data (no example it could perturb); skipped")
+            console.print(
+                f"robustness: suite {suite} does not apply to this data (no example it could perturb); skipped"
+            )
             continue
         for key, count in tests.items():
             if not count:
@@ -466,18 +653,28 @@ def robustness_table(results: dict):
     from rich.table import Table
 
     splits = list(results)
-    keys = [k for k in dict.fromkeys(k for p in results.values() for k in p["tests"])
-            if any(p["tests"].get(k, {}).get("applicable") for p in results.values())]  # skipped ones said so in a line
+    keys = [
+        k
+        for k in dict.fromkeys(k for p in results.values() for k in p["tests"])
+        if any(p["tests"].get(k, {}).get("applicable") for p in results.values())
+    ]  # skipped ones said so in a line
     worst = {k: max((results[s]["tests"].get(k, {}).get("failure_rate") or 0.0) for s in splits) for k in keys}
-    table = Table(title="robustness (worst first)", title_justify="left", caption_justify="left",
-                  caption="failure: INV = prediction changed, DIR = not the expected label; acc over the examples a test applied to")
+    table = Table(
+        title="robustness (worst first)",
+        title_justify="left",
+        caption_justify="left",
+        caption="failure: INV = prediction changed, DIR = not the expected label; acc over the examples a test applied to",
+    )
     table.add_column("test", style="bold")
     table.add_column("exp")
     for split in splits:
         table.add_column(f"{split} n", justify="right")
         table.add_column(f"{split} acc", justify="right")
         table.add_column(f"{split} failure", justify="right")
-    fmt = lambda v: "—" if v is None else f"{v:.3f}"
+
+    def fmt(v):
+        return "—" if v is None else f"{v:.3f}"
+
     for key in sorted(keys, key=lambda k: -worst[k]):
         cells = []
         expectation = next(results[s]["tests"][key]["expectation"] for s in splits if key in results[s]["tests"])
@@ -488,7 +685,11 @@ def robustness_table(results: dict):
                 continue
             fail = f["failure_rate"]
             colour = "red" if fail and fail >= 0.1 else "yellow" if fail else "green"
-            cells += [str(f["applicable"]), f"{fmt(f['acc_before'])} -> {fmt(f['acc_after'])}", f"[{colour}]{fmt(fail)}[/]"]
+            cells += [
+                str(f["applicable"]),
+                f"{fmt(f['acc_before'])} -> {fmt(f['acc_after'])}",
+                f"[{colour}]{fmt(fail)}[/]",
+            ]
         table.add_row(key, expectation, *cells)
     attacks = [(s, results[s]["attack"]) for s in splits if results[s].get("attack")]
     if attacks:
@@ -499,8 +700,11 @@ def robustness_table(results: dict):
             if not a:
                 cells += ["—", "—", "—"]
                 continue
-            cells += [str(a["attacked"]), f"{fmt(a['clean_acc'])} -> {fmt(a['after_attack_acc'])}",
-                      f"success {fmt(a['success_rate'])}"]
+            cells += [
+                str(a["attacked"]),
+                f"{fmt(a['clean_acc'])} -> {fmt(a['after_attack_acc'])}",
+                f"success {fmt(a['success_rate'])}",
+            ]
         table.add_row(f"attack/{attacks[0][1]['name']}", "INV", *cells)
     return table
 

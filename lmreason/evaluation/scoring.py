@@ -24,8 +24,11 @@ def score_rows(dataset, texts: list[str]) -> np.ndarray:
     if is_reasoning(dataset):
         from lmreason.data.reasoning import score_answer
 
-        columns = {c: dataset[c] for c in ("task", "entry", "generator_config", "prompt", "answer", "completion")
-                   if c in dataset.column_names}
+        columns = {
+            c: dataset[c]
+            for c in ("task", "entry", "generator_config", "prompt", "answer", "completion")
+            if c in dataset.column_names
+        }
         rows = [{c: values[i] for c, values in columns.items()} for i in range(len(texts))]
         return np.array([score_answer(row["task"], text, row) for row, text in zip(rows, texts)], dtype=np.float64)
     references = dataset["completion"]

@@ -25,8 +25,10 @@ def slice_columns(asked, metadata_columns: list[str], dataset) -> list[str]:
     if asked is not None:
         missing = [c for c in asked if c not in dataset.column_names]
         if missing:
-            raise UserError(f"slice_columns: no column {', '.join(missing)} in this data; "
-                            f"metadata columns are: {', '.join(metadata_columns) or 'none'}")
+            raise UserError(
+                f"slice_columns: no column {', '.join(missing)} in this data; "
+                f"metadata columns are: {', '.join(metadata_columns) or 'none'}"
+            )
         return list(asked)
     limit = min(MAX_SLICE_VALUES, len(dataset) - 1)
     chosen, seen = [], set()
@@ -56,5 +58,7 @@ def generation_slices(correct: np.ndarray, scores: np.ndarray, values) -> dict[s
     groups: dict[str, list[int]] = {}
     for i, value in enumerate(values):
         groups.setdefault(str(value), []).append(i)
-    return {key: {"n": len(rows), "exact_match": float(correct[rows].mean()), "score": float(scores[rows].mean())}
-            for key, rows in sorted(groups.items(), key=lambda kv: slice_sort_key(kv[0]))}
+    return {
+        key: {"n": len(rows), "exact_match": float(correct[rows].mean()), "score": float(scores[rows].mean())}
+        for key, rows in sorted(groups.items(), key=lambda kv: slice_sort_key(kv[0]))
+    }

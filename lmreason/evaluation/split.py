@@ -62,8 +62,15 @@ def evaluate_classification(session: InferenceSession, task, request: SplitReque
     metrics["split"] = request.name
     save_classification_figures(metrics, model_labels, request.name, request.out_dir)
     choice, texts = probs.argmax(axis=1), dataset["text"]
-    rows = [{"text": texts[i], "label": model_labels[labels[i]], "predicted": model_labels[choice[i]],
-             "confidence": float(probs[i, choice[i]])} for i in range(len(labels))]
+    rows = [
+        {
+            "text": texts[i],
+            "label": model_labels[labels[i]],
+            "predicted": model_labels[choice[i]],
+            "confidence": float(probs[i, choice[i]]),
+        }
+        for i in range(len(labels))
+    ]
     tables = [metrics_table(metrics, f"{request.name}: {metrics['n']} examples")]
     tables += [slices_table(slices, col) for col, slices in metrics["slices"].items()]
     _write_and_show(request, metrics, ("predictions.jsonl", rows), tables)
@@ -84,16 +91,28 @@ def evaluate_generation(session: InferenceSession, task, request: SplitRequest) 
     scores = score_rows(dataset, texts)
     correct = scores >= 1.0
     metrics = {
-        "split": request.name, "n": len(texts), "exact_match": float(correct.mean()), "score": float(scores.mean()),
-        "loss": loss, "perplexity": math.exp(min(loss, 50.0)), "completion_tokens": count,
+        "split": request.name,
+        "n": len(texts),
+        "exact_match": float(correct.mean()),
+        "score": float(scores.mean()),
+        "loss": loss,
+        "perplexity": math.exp(min(loss, 50.0)),
+        "completion_tokens": count,
         "unfinished": float(1 - np.mean(finished)),  # answers cut at generation.max_new_tokens
         "scorer": "reasoning-gym" if is_reasoning(dataset) else "normalised exact match",
         "generation": {k: gen[k] for k in ("do_sample", "max_new_tokens", "temperature", "top_p", "batch_size")},
         "slices": {col: generation_slices(correct, scores, dataset[col]) for col in request.slice_columns},
     }
-    rows = [{"prompt": prompt, "reference": reference, "generated": texts[i], "score": float(scores[i]),
-             "correct": bool(correct[i])}
-            for i, (prompt, reference) in enumerate(zip(dataset["prompt"], dataset["completion"]))]
+    rows = [
+        {
+            "prompt": prompt,
+            "reference": reference,
+            "generated": texts[i],
+            "score": float(scores[i]),
+            "correct": bool(correct[i]),
+        }
+        for i, (prompt, reference) in enumerate(zip(dataset["prompt"], dataset["completion"]))
+    ]
     tables = [generation_table(metrics, f"{request.name}: {metrics['n']} examples")]
     tables += [generation_slices_table(slices, col) for col, slices in metrics["slices"].items()]
     _write_and_show(request, metrics, ("generations.jsonl", rows), tables)

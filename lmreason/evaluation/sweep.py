@@ -24,8 +24,17 @@ from lmreason.atomic import atomic_write, atomic_write_json
 from lmreason.errors import UserError
 
 FINISHED = ("completed", "early_stopped")  # the statuses that can be "best"
-STATUS_STYLE = {"completed": "green", "early_stopped": "green", "running": "yellow", "interrupted": "yellow",
-                "diverged": "red", "failed": "red", "killed": "red", "unreadable": "red", "unknown": "dim"}
+STATUS_STYLE = {
+    "completed": "green",
+    "early_stopped": "green",
+    "running": "yellow",
+    "interrupted": "yellow",
+    "diverged": "red",
+    "failed": "red",
+    "killed": "red",
+    "unreadable": "red",
+    "unknown": "dim",
+}
 RUN_PARTS = {".hydra", "metrics.json", "checkpoints"}  # any of these marks a run dir
 INSIDE_A_RUN = {"checkpoints", "tb", "eval"}  # never searched for runs
 
@@ -40,13 +49,19 @@ def sweep_report(sweep_dir) -> dict:
 
     root = Path(sweep_dir).expanduser()
     if not root.is_dir():
-        raise UserError(f"sweep={sweep_dir}: no such directory; give the dir of a multirun (outputs/finetune/multirun/<date>/<time>)")
+        raise UserError(
+            f"sweep={sweep_dir}: no such directory; give the dir of a multirun (outputs/finetune/multirun/<date>/<time>)"
+        )
     run_dirs = find_run_dirs(root)
     if not run_dirs and any((root / part).exists() for part in RUN_PARTS):
-        raise UserError(f"sweep={sweep_dir} is a single run dir; use lmreason evaluate run={sweep_dir}, or give the multirun dir that holds it")
+        raise UserError(
+            f"sweep={sweep_dir} is a single run dir; use lmreason evaluate run={sweep_dir}, or give the multirun dir that holds it"
+        )
     if not run_dirs:
-        raise UserError(f"sweep={sweep_dir}: no run dirs in it (a multirun dir holds one dir per job, each with .hydra/); "
-                        "give the dir `lmreason finetune -m ...` printed")
+        raise UserError(
+            f"sweep={sweep_dir}: no run dirs in it (a multirun dir holds one dir per job, each with .hydra/); "
+            "give the dir `lmreason finetune -m ...` printed"
+        )
     runs = [read_run(path, root) for path in run_dirs]
     varying, fixed = split_overrides([r["overrides"] for r in runs])
     monitor = next((r["monitor"] for r in runs if r["monitor"]), None)
@@ -70,7 +85,9 @@ def sweep_report(sweep_dir) -> dict:
     _write_csv(root / "sweep_report.csv", runs, varying, eval_columns)
     console.print(sweep_table(report, eval_columns))
     if best:
-        console.print(f"[bold green]best[/]: run {best['run']} ({best['dir']}) with {monitor} = {best['best_metric']:.4f}")
+        console.print(
+            f"[bold green]best[/]: run {best['run']} ({best['dir']}) with {monitor} = {best['best_metric']:.4f}"
+        )
     else:
         console.print("[yellow]no run has finished with a finite validation metric yet[/]")
     console.print(f"written: {root / 'sweep_report.csv'} and {root / 'sweep_report.json'}")
@@ -91,9 +108,20 @@ def find_run_dirs(root: Path, depth: int = 3) -> list[Path]:
 
 def read_run(run_dir: Path, root: Path) -> dict:
     """One row of the report; never raises on a damaged run (its status and note say what is wrong)."""
-    run = {"run": str(run_dir.relative_to(root)), "dir": str(run_dir), "overrides": _read_overrides(run_dir),
-           "status": "unknown", "monitor": None, "mode": None, "best_metric": None, "best_step": None,
-           "steps": None, "wall_time_s": None, "eval": {}, "note": ""}
+    run = {
+        "run": str(run_dir.relative_to(root)),
+        "dir": str(run_dir),
+        "overrides": _read_overrides(run_dir),
+        "status": "unknown",
+        "monitor": None,
+        "mode": None,
+        "best_metric": None,
+        "best_step": None,
+        "steps": None,
+        "wall_time_s": None,
+        "eval": {},
+        "note": "",
+    }
     path = run_dir / "metrics.json"
     if not path.is_file():
         run["note"] = "no metrics.json: still setting up, or stopped before training"
@@ -105,8 +133,14 @@ def read_run(run_dir: Path, root: Path) -> dict:
     except (OSError, ValueError) as exc:
         run.update(status="unreadable", note=f"metrics.json unreadable ({str(exc)[:80]})")
         return run
-    run.update(status=str(metrics.get("status", "unknown")), monitor=metrics.get("monitor"), mode=metrics.get("mode"),
-               best_step=metrics.get("best_step"), steps=metrics.get("steps"), wall_time_s=_number(metrics.get("wall_time_s")))
+    run.update(
+        status=str(metrics.get("status", "unknown")),
+        monitor=metrics.get("monitor"),
+        mode=metrics.get("mode"),
+        best_step=metrics.get("best_step"),
+        steps=metrics.get("steps"),
+        wall_time_s=_number(metrics.get("wall_time_s")),
+    )
     run["best_metric"] = _number(metrics.get("best_metric"))
     if run["status"] == "running":
         run["status"], run["note"] = _liveness(metrics.get("process") or {})
@@ -118,7 +152,10 @@ def read_run(run_dir: Path, root: Path) -> dict:
         run["note"] = f"resume with: lmreason finetune resume={run_dir}"
     metric = (run["monitor"] or "").split("/", 1)[-1]
     at_majority = []
-    val_acc, majority = _number((metrics.get("val") or {}).get("val/acc")), _number(metrics.get("val_majority_baseline"))
+    val_acc, majority = (
+        _number((metrics.get("val") or {}).get("val/acc")),
+        _number(metrics.get("val_majority_baseline")),
+    )
     if val_acc is not None and majority is not None and val_acc <= majority + 1e-9:
         at_majority.append(f"validation acc {val_acc:.3f}")
     for split_dir in sorted((run_dir / "eval").glob("*/metrics.json")):
@@ -154,7 +191,9 @@ def split_overrides(override_maps: list[dict]) -> tuple[list[str], dict]:
 
 def best_run(runs: list[dict], monitor, mode: str):
     """The finished run with the best finite monitored value; diverged, failed and running runs never are."""
-    candidates = [r for r in runs if r["status"] in FINISHED and r["monitor"] == monitor and r["best_metric"] is not None]
+    candidates = [
+        r for r in runs if r["status"] in FINISHED and r["monitor"] == monitor and r["best_metric"] is not None
+    ]
     if not candidates:
         return None
     pick = max if mode == "max" else min
@@ -166,8 +205,12 @@ def sweep_table(report: dict, eval_columns: list[str]):
 
     runs, varying = report["runs"], report["varying_overrides"]
     fixed = "  ".join(f"{k}={v}" for k, v in report["fixed_overrides"].items())
-    table = Table(title=f"sweep {report['sweep_dir']}: {len(runs)} run(s)", title_justify="left",
-                  caption=f"same in every run: {fixed}" if fixed else None, caption_justify="left")
+    table = Table(
+        title=f"sweep {report['sweep_dir']}: {len(runs)} run(s)",
+        title_justify="left",
+        caption=f"same in every run: {fixed}" if fixed else None,
+        caption_justify="left",
+    )
     table.add_column("run", style="bold")
     for label in _short_labels(varying):  # optimizer.lr -> lr (full keys in the CSV/JSON)
         table.add_column(label, justify="right")
@@ -215,7 +258,9 @@ def _read_overrides(run_dir: Path) -> dict:
 def _liveness(process: dict) -> tuple[str, str]:
     """("running" | "killed", note) for a run whose last word was "running"."""
     updated = process.get("updated_at")
-    age = f"last update {_duration(time.time() - updated)} ago" if isinstance(updated, (int, float)) else "no update time"
+    age = (
+        f"last update {_duration(time.time() - updated)} ago" if isinstance(updated, (int, float)) else "no update time"
+    )
     pid, host = process.get("pid"), process.get("host")
     if host == socket.gethostname() and isinstance(pid, int):
         try:
@@ -282,16 +327,40 @@ def _duration(seconds) -> str:
 
 
 def _write_csv(path: Path, runs: list[dict], varying: list[str], eval_columns: list[str]) -> None:
-    header = ["run", "is_best", "status", *varying, "monitor", "best_metric", "best_step", "steps", *eval_columns,
-              "wall_time_s", "note", "dir"]
+    header = [
+        "run",
+        "is_best",
+        "status",
+        *varying,
+        "monitor",
+        "best_metric",
+        "best_step",
+        "steps",
+        *eval_columns,
+        "wall_time_s",
+        "note",
+        "dir",
+    ]
     handle = io.StringIO(newline="")
     writer = csv.writer(handle)
     writer.writerow(header)
     for run in runs:
-        writer.writerow([run["run"], run["is_best"], run["status"], *(run["overrides"].get(k, "") for k in varying),
-                         run["monitor"] or "", _blank(run["best_metric"]), _blank(run["best_step"]), _blank(run["steps"]),
-                         *(_blank(run["eval"].get(c)) for c in eval_columns), _blank(run["wall_time_s"]),
-                         run["note"], run["dir"]])
+        writer.writerow(
+            [
+                run["run"],
+                run["is_best"],
+                run["status"],
+                *(run["overrides"].get(k, "") for k in varying),
+                run["monitor"] or "",
+                _blank(run["best_metric"]),
+                _blank(run["best_step"]),
+                _blank(run["steps"]),
+                *(_blank(run["eval"].get(c)) for c in eval_columns),
+                _blank(run["wall_time_s"]),
+                run["note"],
+                run["dir"],
+            ]
+        )
     atomic_write(path, handle.getvalue())
 
 

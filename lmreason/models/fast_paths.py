@@ -48,7 +48,9 @@ class FastPathReport:
         return "; ".join(parts)
 
 
-def apply_fast_paths(model, device, world_size: int = 1, *, enabled: bool = True, training: bool = True) -> FastPathReport:
+def apply_fast_paths(
+    model, device, world_size: int = 1, *, enabled: bool = True, training: bool = True
+) -> FastPathReport:
     """Apply, in place, each fast path that applies to `model` on `device`, each checked; the report.
 
     `training=False` (evaluation, inference): only `first_token_only`, the others change nothing without
@@ -85,17 +87,31 @@ def apply_fast_paths(model, device, world_size: int = 1, *, enabled: bool = True
         failed[name] = problem
         report.skipped[name] = f"{CHECK_FAILED}: {problem}"
 
-    attempt("first_token_only", first_token.first_token_unsupported(model),
-            lambda: first_token.trim_checked(model), lambda: None)  # trim_checked undoes itself
+    attempt(
+        "first_token_only",
+        first_token.first_token_unsupported(model),
+        lambda: first_token.trim_checked(model),
+        lambda: None,
+    )  # trim_checked undoes itself
 
     training_only = None if training else "training only: no dropout or gradients here"
-    attempt("fast_dropout", training_only or dropout.fast_dropout_unsupported(model, device),
-            lambda: _fast_dropout_checked(model, device), lambda: dropout.undo_fast_dropout(model))
-    attempt("row_gradient", training_only or embedding_grad.row_gradient_unsupported(model, device, world_size),
-            lambda: _row_gradient_checked(model, device, world_size), lambda: embedding_grad.undo_row_gradient(model))
+    attempt(
+        "fast_dropout",
+        training_only or dropout.fast_dropout_unsupported(model, device),
+        lambda: _fast_dropout_checked(model, device),
+        lambda: dropout.undo_fast_dropout(model),
+    )
+    attempt(
+        "row_gradient",
+        training_only or embedding_grad.row_gradient_unsupported(model, device, world_size),
+        lambda: _row_gradient_checked(model, device, world_size),
+        lambda: embedding_grad.undo_row_gradient(model),
+    )
     if failed:  # one line, whatever failed: the run goes on, slower, with the unpatched computation
-        log.warning("fast paths off after a failed check (the unpatched computation is used): %s",
-                    "; ".join(f"{name}: {why}" for name, why in failed.items()))
+        log.warning(
+            "fast paths off after a failed check (the unpatched computation is used): %s",
+            "; ".join(f"{name}: {why}" for name, why in failed.items()),
+        )
     return report
 
 

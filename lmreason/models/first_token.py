@@ -42,8 +42,15 @@ def _first_token_layer_forward(self, hidden_states, attention_mask=None, *args, 
     if attention_mask is not None and attention_mask.dim() == 4:
         attention_mask = attention_mask[:, :, :1]  # the first query's row: (B, 1|H, 1, T)
     attend = ALL_ATTENTION_FUNCTIONS.get_interface(attention.config._attn_implementation, eager_attention_forward)
-    context, _ = attend(attention, query, key, value, attention_mask,
-                        dropout=attention.dropout.p if attention.training else 0.0, scaling=attention.scaling)
+    context, _ = attend(
+        attention,
+        query,
+        key,
+        value,
+        attention_mask,
+        dropout=attention.dropout.p if attention.training else 0.0,
+        scaling=attention.scaling,
+    )
     attended = self.attention.output(context.reshape(batch, 1, -1).contiguous(), first)  # (B, 1, d)
     return self.feed_forward_chunk(attended)
 

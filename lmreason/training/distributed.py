@@ -25,9 +25,13 @@ class Distributed:
         self.device = None
 
     @classmethod
-    def from_env(cls, device_cfg: DictConfig) -> "Distributed":
-        return cls(int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0)),
-                   int(os.environ.get("LOCAL_RANK", 0)), device_cfg.backend)
+    def from_env(cls, device_cfg: DictConfig) -> Distributed:
+        return cls(
+            int(os.environ.get("WORLD_SIZE", 1)),
+            int(os.environ.get("RANK", 0)),
+            int(os.environ.get("LOCAL_RANK", 0)),
+            device_cfg.backend,
+        )
 
     @property
     def enabled(self) -> bool:
@@ -90,8 +94,11 @@ class Distributed:
 
         shards = self.all_gather((labels, probs, mean_loss * len(labels)))
         count = sum(len(s[0]) for s in shards)
-        return (np.concatenate([s[0] for s in shards]), np.concatenate([s[1] for s in shards]),
-                sum(s[2] for s in shards) / max(count, 1))
+        return (
+            np.concatenate([s[0] for s in shards]),
+            np.concatenate([s[1] for s in shards]),
+            sum(s[2] for s in shards) / max(count, 1),
+        )
 
     def all_gather(self, obj) -> list:
         """[rank 0's obj, rank 1's obj, ...] on every rank."""

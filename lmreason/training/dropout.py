@@ -81,7 +81,9 @@ def attention_with_fast_dropout(module, query, key, value, attention_mask, scali
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     if not (module.training and dropout > 0 and query.device.type == "cpu") or getattr(module, "is_causal", False):
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     scaling = query.size(-1) ** -0.5 if scaling is None else scaling
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling
     if attention_mask is not None:  # SDPA's masks: bool (True = attend) or additive float
@@ -120,9 +122,16 @@ def use_fast_dropout(model: nn.Module, device: torch.device) -> int:
             module.__class__ = FastDropout
             swapped += 1
     config = getattr(model, "config", None)
-    attention_p = max((getattr(config, name, 0.0) or 0.0) for name in ("attention_probs_dropout_prob", "attention_dropout"))
-    if (config is not None and attention_p > 0 and getattr(config, "_attn_implementation", None) in ("sdpa", "eager")
-            and not getattr(config, "is_decoder", False) and hasattr(model, "set_attn_implementation")):
+    attention_p = max(
+        (getattr(config, name, 0.0) or 0.0) for name in ("attention_probs_dropout_prob", "attention_dropout")
+    )
+    if (
+        config is not None
+        and attention_p > 0
+        and getattr(config, "_attn_implementation", None) in ("sdpa", "eager")
+        and not getattr(config, "is_decoder", False)
+        and hasattr(model, "set_attn_implementation")
+    ):
         _register_attention()
         model._lmreason_attn_before = config._attn_implementation  # for `undo_fast_dropout`
         model.set_attn_implementation(ATTENTION)

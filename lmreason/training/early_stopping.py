@@ -65,7 +65,12 @@ class EarlyStopping:
         return self.enabled and self.bad_evals >= self.patience
 
     def state_dict(self) -> dict:
-        return {"best": self.best, "best_step": self.best_step, "bad_evals": self.bad_evals, "best_loss": self.best_loss}
+        return {
+            "best": self.best,
+            "best_step": self.best_step,
+            "bad_evals": self.bad_evals,
+            "best_loss": self.best_loss,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.best, self.best_step, self.bad_evals = state["best"], state["best_step"], state["bad_evals"]

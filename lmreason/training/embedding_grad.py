@@ -154,8 +154,11 @@ def check_row_gradient(model: nn.Module) -> str | None:
         embedding.train()
         expected, ours = gradients(False), gradients(True)
         worst = max((a - b).abs().max().item() for a, b in zip(expected, ours))
-        problem = None if worst <= 1e-6 + 1e-5 * max(a.abs().max().item() for a in expected) else \
-            f"the embedding gradient differs from torch's by {worst:.2g}"
+        problem = (
+            None
+            if worst <= 1e-6 + 1e-5 * max(a.abs().max().item() for a in expected)
+            else f"the embedding gradient differs from torch's by {worst:.2g}"
+        )
     except Exception as exc:  # internals this does not understand: torch's own backward
         problem = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
     finally:

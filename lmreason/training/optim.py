@@ -44,7 +44,9 @@ def build_optimizer(model, opt_cfg: DictConfig, weight_decay: float):
         return torch.optim.AdamW(groups, lr=opt_cfg.lr, betas=tuple(opt_cfg.betas), eps=opt_cfg.eps, fused=fused)
     if opt_cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=opt_cfg.lr, momentum=opt_cfg.momentum, nesterov=opt_cfg.nesterov)
-    raise ValueError(f"optimizer.name={opt_cfg.name}: no builder (the schema's OptimizerName and this function disagree)")
+    raise ValueError(
+        f"optimizer.name={opt_cfg.name}: no builder (the schema's OptimizerName and this function disagree)"
+    )
 
 
 def warmup_steps(sched_cfg: DictConfig, total_steps: int) -> int:
@@ -74,15 +76,24 @@ def build_scheduler(optimizer, sched_cfg: DictConfig, total_steps: int):
         return hf.get_constant_schedule_with_warmup(optimizer, num_warmup_steps=warmup)
     if sched_cfg.name == "cosine":
         return hf.get_cosine_with_min_lr_schedule_with_warmup(
-            optimizer, num_warmup_steps=warmup, num_training_steps=total_steps, min_lr_rate=floor)
+            optimizer, num_warmup_steps=warmup, num_training_steps=total_steps, min_lr_rate=floor
+        )
     if sched_cfg.name == "linear":
         if floor == 0.0:
-            return hf.get_linear_schedule_with_warmup(optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+            return hf.get_linear_schedule_with_warmup(
+                optimizer, num_warmup_steps=warmup, num_training_steps=total_steps
+            )
         if floor == 1.0:
             return hf.get_constant_schedule_with_warmup(optimizer, num_warmup_steps=warmup)  # decays to the peak: flat
         # the polynomial decay divides by (T - w): a warmup as long as training never decays (the lr after
         # the last step aside), so any T > w gives the same lr to every step that trains
         return hf.get_polynomial_decay_schedule_with_warmup(
-            optimizer, num_warmup_steps=warmup, num_training_steps=max(total_steps, warmup + 1),
-            lr_end=floor * optimizer.defaults["lr"], power=1.0)
-    raise ValueError(f"scheduler.name={sched_cfg.name}: no builder (the schema's SchedulerName and this function disagree)")
+            optimizer,
+            num_warmup_steps=warmup,
+            num_training_steps=max(total_steps, warmup + 1),
+            lr_end=floor * optimizer.defaults["lr"],
+            power=1.0,
+        )
+    raise ValueError(
+        f"scheduler.name={sched_cfg.name}: no builder (the schema's SchedulerName and this function disagree)"
+    )

@@ -20,13 +20,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from lmreason.atomic import atomic_write_json
 from lmreason.errors import UserError
+from lmreason.faults import fault_point, reset_counts
+from lmreason.seeding import seed_everything
+from lmreason.tasks.base import ValidationContext
 from lmreason.training import checkpoint as ckpt
 from lmreason.training.batching import TokenizedSplit, length_grouped_batches, sorted_batches, to_device
 from lmreason.training.distributed import Distributed
 from lmreason.training.early_stopping import EarlyStopping
-from lmreason.faults import fault_point, reset_counts
-from lmreason.seeding import seed_everything
-from lmreason.tasks.base import ValidationContext
 
 log = logging.getLogger(__name__)
 # `extra=` for records meant for <run>/finetune.log only (Hydra's file handler); the console shows them its own way
@@ -59,8 +59,10 @@ class FinetuneRecipe:
         names = getattr(self.task, "validation_metrics", None)  # tasks whose metrics are fixed declare them
         monitor = self.cfg.train.early_stopping.monitor
         if names is not None and monitor not in [f"val/{n}" for n in names]:
-            raise UserError(f"train.early_stopping.monitor={monitor} is not a validation metric of task={self.cfg.task.name}; "
-                            f"use one of {', '.join(f'val/{n}' for n in names)}")
+            raise UserError(
+                f"train.early_stopping.monitor={monitor} is not a validation metric of task={self.cfg.task.name}; "
+                f"use one of {', '.join(f'val/{n}' for n in names)}"
+            )
 
     def _check_freezing(self) -> None:
         """Layer counts come from the model's config: known before any data is prepared."""
@@ -110,15 +112,18 @@ class FinetuneRecipe:
                 self.model = self.task.load_model(last, cfg)
             except (OSError, ValueError) as exc:  # e.g. weights only as a pickle (never loaded), or damaged
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-                raise UserError(f"{last}: cannot load the checkpoint's model ({first}); lmreason loads safetensors weights only") from None
+                raise UserError(
+                    f"{last}: cannot load the checkpoint's model ({first}); lmreason loads safetensors weights only"
+                ) from None
         else:
             seed_everything(cfg.seed)  # same head init on every rank
             self.model = self.task.build_model(cfg, self.label_names)
         self.param_counts = apply_freezing(self.model, cfg.regularization)
         self.model.to(self.device)
         # [CLS]-only last layer, 16-bit dropout masks, persistent embedding gradient: each checked, named in the banner
-        self.fast_paths = apply_fast_paths(self.model, self.device, self.dist.world_size,
-                                           enabled=cfg.device.fast_paths, training=True)
+        self.fast_paths = apply_fast_paths(
+            self.model, self.device, self.dist.world_size, enabled=cfg.device.fast_paths, training=True
+        )
         self.model_for_training = self.dist.wrap(self.model)
 
         t = cfg.train
@@ -144,11 +149,13 @@ class FinetuneRecipe:
         lines = [
             f"model: {cfg.model.name_or_path} ({'random init' if cfg.model.from_scratch else 'pretrained'}, max length {cfg.model.max_length})",
             f"data: {cfg.data.name} ({self.data.summary.get('source')}): {len(self.train_split)} train / {len(self.val_split)} validation",
-            f"task: {cfg.task.name}; early stopping on {es.monitor} ({es.mode}, patience {es.patience})" if es.enabled
+            f"task: {cfg.task.name}; early stopping on {es.monitor} ({es.mode}, patience {es.patience})"
+            if es.enabled
             else f"task: {cfg.task.name}; early stopping off (best by {es.monitor}, {es.mode})",
             f"optimizer: {cfg.optimizer.name} lr {cfg.optimizer.lr:g}, {cfg.scheduler.name} schedule, weight decay {cfg.regularization.weight_decay:g}",
             f"batch: {t.batch_size} x {t.grad_accum_steps} accumulation x {self.dist.world_size} process(es)",
-            f"steps: {self.total_steps} ({self.steps_per_epoch} per epoch)" + (f", resuming at {self.step}" if self.step else ""),
+            f"steps: {self.total_steps} ({self.steps_per_epoch} per epoch)"
+            + (f", resuming at {self.step}" if self.step else ""),
             f"device: {self.device} ({self.precision}); seed {cfg.seed}",
         ]
         for line in lines:
@@ -157,7 +164,9 @@ class FinetuneRecipe:
     def _load_resume_state(self):
         if not self.cfg.resume:
             if (self.run_dir / "checkpoints").exists():
-                raise UserError(f"{self.run_dir} already holds a run; start a new one or resume it with resume={self.run_dir}")
+                raise UserError(
+                    f"{self.run_dir} already holds a run; start a new one or resume it with resume={self.run_dir}"
+                )
             return None
         last = self.run_dir / "checkpoints" / "last"
         for name in ("last", "best"):  # a kill between the renames of a save leaves it moved aside
@@ -185,8 +194,15 @@ class FinetuneRecipe:
             raise UserError(
                 f"{self.run_dir} was trained with {saved_world} process(es), this resume has {self.dist.world_size}: "
                 f"the global batch and data order would change. Resume with {saved_world} "
-                + ("process (no torchrun)" if saved_world == 1 else f"processes (torchrun --nproc_per_node {saved_world} ...)"))
-        ckpt.set_rng_state(state["rng"][min(self.dist.rank, len(state["rng"]) - 1)] if isinstance(state["rng"], list) else state["rng"])
+                + (
+                    "process (no torchrun)"
+                    if saved_world == 1
+                    else f"processes (torchrun --nproc_per_node {saved_world} ...)"
+                )
+            )
+        ckpt.set_rng_state(
+            state["rng"][min(self.dist.rank, len(state["rng"]) - 1)] if isinstance(state["rng"], list) else state["rng"]
+        )
 
     def _tensorboard(self):
         from torch.utils.tensorboard import SummaryWriter
@@ -222,7 +238,10 @@ class FinetuneRecipe:
                 for k, (indices, weight, global_size) in enumerate(group):
                     batch = to_device(self.train_split.collate(indices), self.device)
                     # DDP: synchronise gradients only on the last micro-batch of the group.
-                    with self.dist.no_sync_unless(self.model_for_training, k == len(group) - 1), autocast(self.device, self.precision):
+                    with (
+                        self.dist.no_sync_unless(self.model_for_training, k == len(group) - 1),
+                        autocast(self.device, self.precision),
+                    ):
                         loss, _ = self.task.forward(self.model_for_training, batch)
                     if fault_point("loss") == "NAN":  # tests: a non-finite loss (LMREASON_FAULT_AT=loss:<n>:NAN)
                         loss = loss * float("nan")
@@ -235,7 +254,9 @@ class FinetuneRecipe:
                     # real (non-pad) tokens from the host-side lengths: no device sync per micro-batch
                     tokens += int(self.train_split.lengths[indices].sum()) * self.dist.world_size  # estimate under DDP
                     window_samples += global_size
-                if fault_point("train_step") == "STOP":  # tests: a kill between backward and the optimizer step, or a stop
+                if (
+                    fault_point("train_step") == "STOP"
+                ):  # tests: a kill between backward and the optimizer step, or a stop
                     self.stop_requested = "a STOP fault point"
                 i += len(group)
                 if self.scaler:
@@ -248,8 +269,11 @@ class FinetuneRecipe:
                         self._discard_gradients()
                         self._write_metrics("diverged", time.perf_counter() - started, samples, tokens)
                         last = self.run_dir / "checkpoints" / "last"
-                        kept = (f"the last good checkpoint is kept in {last}" if (last / "config.json").is_file()
-                                else "no checkpoint had been written yet")
+                        kept = (
+                            f"the last good checkpoint is kept in {last}"
+                            if (last / "config.json").is_file()
+                            else "no checkpoint had been written yet"
+                        )
                         raise TrainingDiverged(
                             f"the loss or gradient became NaN/inf at step {self.step + 1} (epoch {self.epoch + 1}); "
                             f"{kept}. Lower optimizer.lr, use precision fp32, or set train.nonfinite=skip"
@@ -304,7 +328,9 @@ class FinetuneRecipe:
         if not self.history or self.history[-1]["step"] != self.step:
             self._validate_and_checkpoint(started, samples, tokens)  # max_steps ended mid-epoch
         wall = time.perf_counter() - started
-        return self._write_metrics("early_stopped" if self.early_stopping.should_stop else "completed", wall, samples, tokens)
+        return self._write_metrics(
+            "early_stopped" if self.early_stopping.should_stop else "completed", wall, samples, tokens
+        )
 
     def _discard_gradients(self) -> None:
         """Drop non-finite gradients. Zeroed in place first: clipping scaled every element by NaN,
@@ -356,11 +382,18 @@ class FinetuneRecipe:
         from lmreason.evaluation.generation import generate_texts
 
         def generate(model, prompt_ids):
-            return generate_texts(model, self.tokenizer, prompt_ids, self.cfg.generation, self.device, self.precision)[0]
+            return generate_texts(model, self.tokenizer, prompt_ids, self.cfg.generation, self.device, self.precision)[
+                0
+            ]
 
-        return ValidationContext(step=self.step, is_last=self.step >= self.total_steps, number=len(self.history) + 1,
-                                 dataset=self.data.splits["validation"], generate=generate,
-                                 gather=self.dist.gather_predictions)
+        return ValidationContext(
+            step=self.step,
+            is_last=self.step >= self.total_steps,
+            number=len(self.history) + 1,
+            dataset=self.data.splits["validation"],
+            generate=generate,
+            gather=self.dist.gather_predictions,
+        )
 
     def _validate_and_checkpoint(self, started, samples, tokens) -> str:
         began = time.perf_counter()
@@ -376,7 +409,9 @@ class FinetuneRecipe:
         metrics = self.validate()
         monitor = self.cfg.train.early_stopping.monitor
         if monitor not in metrics:
-            raise UserError(f"train.early_stopping.monitor={monitor} is not a validation metric; use one of {', '.join(metrics)}")
+            raise UserError(
+                f"train.early_stopping.monitor={monitor} is not a validation metric; use one of {', '.join(metrics)}"
+            )
         # a tie on the monitor goes to the lower val/loss (see early_stopping.py)
         improved = self.early_stopping.update(metrics[monitor], self.step, metrics.get("val/loss"))
         metrics[f"{monitor}_best"] = self.early_stopping.best
@@ -419,10 +454,24 @@ class FinetuneRecipe:
         state = self._trainer_state()  # collective under DDP: every rank takes part
         if not self.dist.is_main:
             return
-        meta = {"task": self.cfg.task.name, "label_names": self.label_names, "max_length": self.cfg.model.max_length,
-                "step": self.step, "epoch": self.epoch, "metrics": metrics, "lmreason_checkpoint": 1}
-        self.task.save_model(self.model, self.tokenizer, self.run_dir / "checkpoints" / name, state, meta,
-                             OmegaConf.to_yaml(self.cfg, resolve=True), self.cfg)
+        meta = {
+            "task": self.cfg.task.name,
+            "label_names": self.label_names,
+            "max_length": self.cfg.model.max_length,
+            "step": self.step,
+            "epoch": self.epoch,
+            "metrics": metrics,
+            "lmreason_checkpoint": 1,
+        }
+        self.task.save_model(
+            self.model,
+            self.tokenizer,
+            self.run_dir / "checkpoints" / name,
+            state,
+            meta,
+            OmegaConf.to_yaml(self.cfg, resolve=True),
+            self.cfg,
+        )
 
     def _save_best(self) -> None:
         if self.dist.is_main:
@@ -472,8 +521,10 @@ class FinetuneRecipe:
             try:
                 atomic_write_json(self.run_dir / "metrics.json", results)
             except OSError as exc:
-                raise UserError(f"cannot write {self.run_dir / 'metrics.json'} ({exc.strerror or exc}); the checkpoints are kept. "
-                                "Free disk space, then finish with: lmreason finetune resume=" + str(self.run_dir)) from None
+                raise UserError(
+                    f"cannot write {self.run_dir / 'metrics.json'} ({exc.strerror or exc}); the checkpoints are kept. "
+                    "Free disk space, then finish with: lmreason finetune resume=" + str(self.run_dir)
+                ) from None
             if self.writer and status in ("completed", "early_stopped"):
                 self._log_hparams(results)
             if status != "running":
@@ -489,11 +540,18 @@ class FinetuneRecipe:
     def _log_hparams(self, results: dict) -> None:
         cfg = self.cfg
         hparams = {
-            "model": cfg.model.name_or_path, "task": cfg.task.name, "data": cfg.data.name,
-            "optimizer": cfg.optimizer.name, "lr": cfg.optimizer.lr, "scheduler": cfg.scheduler.name,
-            "warmup": cfg.scheduler.warmup_steps, "weight_decay": cfg.regularization.weight_decay,
-            "batch_size": cfg.train.batch_size, "grad_accum": cfg.train.grad_accum_steps,
-            "precision": self.precision, "seed": cfg.seed,
+            "model": cfg.model.name_or_path,
+            "task": cfg.task.name,
+            "data": cfg.data.name,
+            "optimizer": cfg.optimizer.name,
+            "lr": cfg.optimizer.lr,
+            "scheduler": cfg.scheduler.name,
+            "warmup": cfg.scheduler.warmup_steps,
+            "weight_decay": cfg.regularization.weight_decay,
+            "batch_size": cfg.train.batch_size,
+            "grad_accum": cfg.train.grad_accum_steps,
+            "precision": self.precision,
+            "seed": cfg.seed,
         }
         final = {f"hparam/{k}": v for k, v in results["val"].items() if isinstance(v, (int, float)) and v is not None}
         self.writer.add_hparams(hparams, final or {"hparam/none": 0.0}, run_name=".")

@@ -23,7 +23,9 @@ class Perturbation:
     name: str  # typos, case, ...: the report row is "<suite>/<name>"
     expectation: str  # INV or DIR
     apply: Callable
-    expected_label: Optional[Callable[[str], Optional[str]]] = None  # DIR: gold label name -> expected label name (None: n/a)
+    expected_label: Optional[Callable[[str], Optional[str]]] = (
+        None  # DIR: gold label name -> expected label name (None: n/a)
+    )
     about: str = ""  # one line: what it does
 
     @property

@@ -31,13 +31,13 @@ def _match_case(new: str, old: str) -> str:
 def keyboard_substitute(word: str, rng) -> str:
     """One letter replaced by a keyboard neighbour ('great' -> 'greqt')."""
     i = rng.randrange(len(word))
-    return word[:i] + _match_case(rng.choice(KEYBOARD_NEIGHBOURS[word[i].lower()]), word[i]) + word[i + 1:]
+    return word[:i] + _match_case(rng.choice(KEYBOARD_NEIGHBOURS[word[i].lower()]), word[i]) + word[i + 1 :]
 
 
 def delete_letter(word: str, rng) -> str:
     """One letter dropped ('great' -> 'gret')."""
     i = rng.randrange(len(word))
-    return word[:i] + word[i + 1:]
+    return word[:i] + word[i + 1 :]
 
 
 def insert_letter(word: str, rng) -> str:
@@ -49,13 +49,13 @@ def insert_letter(word: str, rng) -> str:
 def repeat_letter(word: str, rng) -> str:
     """One letter doubled ('great' -> 'greeat')."""
     i = rng.randrange(len(word))
-    return word[:i + 1] + word[i] + word[i + 1:]
+    return word[: i + 1] + word[i] + word[i + 1 :]
 
 
 def swap_adjacent(word: str, rng) -> str:
     """Two neighbouring letters swapped ('great' -> 'graet')."""
     i = rng.randrange(len(word) - 1)
-    return word[:i] + word[i + 1] + word[i] + word[i + 2:]
+    return word[:i] + word[i + 1] + word[i] + word[i + 2 :]
 
 
 DEEPWORDBUG_OPS = (keyboard_substitute, delete_letter, insert_letter, repeat_letter, swap_adjacent)
@@ -72,7 +72,7 @@ def _pick_words(text: str, rng, rate: float) -> list[re.Match]:
 def _replace(text: str, matches: list[re.Match], new_words: list[str]) -> str:
     pieces, at = [], 0
     for m, new in zip(matches, new_words):
-        pieces += [text[at:m.start()], new]
+        pieces += [text[at : m.start()], new]
         at = m.end()
     return "".join(pieces) + text[at:]
 
@@ -118,5 +118,5 @@ def change_punctuation(text: str, rng, rate: float = 0.1) -> tuple[str, bool]:
     out = pieces[0]
     for piece in pieces[1:]:
         out += ("" if rng.random() < rate else ",") + piece
-    out += text[len(text.rstrip()):]  # keep trailing whitespace as it was
+    out += text[len(text.rstrip()) :]  # keep trailing whitespace as it was
     return out, out != text

@@ -33,11 +33,27 @@ import itertools
 import re
 from dataclasses import dataclass, field
 
-NONCE_PLURALS = ("blickets", "daxes", "wugs", "feps", "zorbs", "glorps", "tovs", "morks", "snerps", "quibs",
-                 "fendles", "prets", "lorps", "vints")
+NONCE_PLURALS = (
+    "blickets",
+    "daxes",
+    "wugs",
+    "feps",
+    "zorbs",
+    "glorps",
+    "tovs",
+    "morks",
+    "snerps",
+    "quibs",
+    "fendles",
+    "prets",
+    "lorps",
+    "vints",
+)
 
-SYLLOGISM = re.compile(r"^(?P<head>Consider these statements:\n)(?P<premises>(?:\d+\. [^\n]*\n)+)\n"
-                       r"(?P<ask>Does it logically follow that:\n)(?P<conclusion>[^\n]*)\?\n(?P<tail>\(Answer Yes or No\))\s*$")
+SYLLOGISM = re.compile(
+    r"^(?P<head>Consider these statements:\n)(?P<premises>(?:\d+\. [^\n]*\n)+)\n"
+    r"(?P<ask>Does it logically follow that:\n)(?P<conclusion>[^\n]*)\?\n(?P<tail>\(Answer Yes or No\))\s*$"
+)
 STATEMENT = re.compile(r"^(All|No|Some) (\w+) are (not )?(\w+)$")
 FAMILY_UNIT = re.compile(r"[A-Z][a-z]+ is married to [A-Z][a-z]+\.(?: They have (?:a child|children) called [^.]+\.)?")
 DEDUCTION_SETUP = re.compile(r"^[^.]*\b(?:there (?:are|were)|sells) (?:three|four|five|six|seven) [^.:]+:[^.]*\.")
@@ -100,8 +116,12 @@ def parse(text: str) -> Parsed | None:
         return Parsed("argument", text, terms=names) if names else None
     m = DEDUCTION_SETUP.match(text)
     if m:
-        sentences = re.findall(r"[^.]+\.", text[m.end():])
-        if len(sentences) >= 2 and "".join(sentences).strip() and " ".join(s.strip() for s in sentences) == text[m.end():].strip():
+        sentences = re.findall(r"[^.]+\.", text[m.end() :])
+        if (
+            len(sentences) >= 2
+            and "".join(sentences).strip()
+            and " ".join(s.strip() for s in sentences) == text[m.end() :].strip()
+        ):
             return Parsed("deduction", m.group(), [s.strip() for s in sentences])
     return None
 
@@ -153,8 +173,10 @@ def distractor(text: str, rng) -> tuple[str, bool]:
         a, b = rng.sample(pool, 2)
         extra = rng.choice(QUANTIFIED).format(a=a, b=b)
     else:
-        unused = {g: [n for n, gg in names_by_gender().items() if gg == g and not re.search(rf"\b{n}\b", text)]
-                  for g in ("male", "female")}
+        unused = {
+            g: [n for n, gg in names_by_gender().items() if gg == g and not re.search(rf"\b{n}\b", text)]
+            for g in ("male", "female")
+        }
         husband, wife = rng.choice(unused["male"]), rng.choice(unused["female"])
         extra = f"{husband} is married to {wife}."
     premises = list(parsed.premises)

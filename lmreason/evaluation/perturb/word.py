@@ -22,14 +22,16 @@ import numpy as np
 
 WORD = re.compile(r"[A-Za-z]+(?:'[a-z]+)?")
 # Function words carry the grammar, not the content: never substituted (nor counted as attack targets).
-STOPWORDS = frozenset("""
+STOPWORDS = frozenset(
+    """
 a about above after again against all am an and any are as at be because been before being below between both but by
 can could did do does doing down during each few for from further had has have having he her here hers herself him
 himself his how i if in into is it its itself just me more most my myself no nor not now of off on once only or other
 our ours ourselves out over own same she should so some such than that the their theirs them themselves then there
 these they this those through to too under until up very was we were what when where which while who whom why will
 with would you your yours yourself yourselves isn't wasn't don't doesn't didn't can't won't it's
-""".split())
+""".split()
+)
 
 
 # The meaning check does not catch antonyms: all-MiniLM-L6-v2 puts "it 's too bad that the helping hand
@@ -39,7 +41,9 @@ with would you your yours yourself yourselves isn't wasn't don't doesn't didn't 
 # the word is never offered: the pairs below (polar evaluative words, frequency, quantity, direction),
 # a negating prefix (pleasant/unpleasant, understanding/misunderstanding), and WordNet's antonyms where
 # nltk has its data. A list, not a model: an opposite it does not know still gets through.
-ANTONYM_PAIRS = frozenset(frozenset(pair.split()) for pair in """
+ANTONYM_PAIRS = frozenset(
+    frozenset(pair.split())
+    for pair in """
 good bad|better worse|best worst|well badly|well poorly|great terrible|great awful|excellent terrible|excellent poor
 always never|often rarely|often seldom|commonly rarely|frequently rarely|usually rarely|sometimes never|ever never
 right wrong|correct wrong|true false|real fake|love hate|loved hated|loves hates|loving hating|like dislike
@@ -57,7 +61,9 @@ perfect flawed|fresh stale|original derivative|clever dumb|deep shallow|rich thi
 life death|friend enemy|hero villain|beginning end|begin end|start end|start finish|open closed|full empty|top bottom
 up down|above below|inside outside|before after|with without|yes no|all none|everything nothing|everyone nobody
 something nothing|worth worthless|useful useless|meaningful meaningless|careful careless|hopeful hopeless
-""".replace("\n", "|").split("|") if pair.strip())
+""".replace("\n", "|").split("|")
+    if pair.strip()
+)
 NEGATING_PREFIXES = ("un", "in", "im", "ir", "il", "dis", "mis", "non", "non-", "anti", "a")
 
 
@@ -111,7 +117,7 @@ class EmbeddingNeighbours:
         self._cache: dict[str, list[str]] = {}
 
     @classmethod
-    def from_encoder(cls, encoder: "SentenceEncoder", **kwargs) -> "EmbeddingNeighbours":
+    def from_encoder(cls, encoder: SentenceEncoder, **kwargs) -> EmbeddingNeighbours:
         weights = encoder.model.get_input_embeddings().weight.detach().float().cpu().numpy()
         vocab = encoder.tokenizer.convert_ids_to_tokens(list(range(weights.shape[0])))
         return cls(weights, vocab, **kwargs)
@@ -130,7 +136,7 @@ class EmbeddingNeighbours:
         todo = [w for w in todo if w in self.index and w not in STOPWORDS]
         top = min(self.k * 4, len(self.vocab) - 1)  # room for the inflections dropped below
         for start in range(0, len(todo), 256):
-            chunk = todo[start:start + 256]
+            chunk = todo[start : start + 256]
             sims = self.unit[[self.index[w] for w in chunk]] @ self.unit.T  # (chunk, V)
             sims[:, ~self.allowed] = -1.0
             best = np.argpartition(-sims, top, axis=1)[:, :top]  # (chunk, top), unordered
@@ -230,7 +236,7 @@ class SentenceEncoder:
         self._cache: dict[str, np.ndarray] = {}
 
     @classmethod
-    def load(cls, name_or_path: str, device="cpu", cache_dir=None, **kwargs) -> "SentenceEncoder":
+    def load(cls, name_or_path: str, device="cpu", cache_dir=None, **kwargs) -> SentenceEncoder:
         """Raises UserError: the model cannot be resolved (see models.packaged)."""
         from transformers import AutoModel, AutoTokenizer
 
@@ -253,8 +259,12 @@ class SentenceEncoder:
             keys = [k for k in ("input_ids", "token_type_ids") if k in encoded]
             with torch.inference_mode():
                 for batch in sorted_batches(lengths, self.batch_size):
-                    padded = self.tokenizer.pad({k: [encoded[k][i] for i in batch] for k in keys}, padding_side="right",
-                                                return_attention_mask=True, return_tensors="pt")
+                    padded = self.tokenizer.pad(
+                        {k: [encoded[k][i] for i in batch] for k in keys},
+                        padding_side="right",
+                        return_attention_mask=True,
+                        return_tensors="pt",
+                    )
                     padded = {k: v.to(self.device) for k, v in padded.items()}
                     hidden = self.model(**padded).last_hidden_state.float()  # (B, T, D)
                     mask = padded["attention_mask"].unsqueeze(-1).float()  # (B, T, 1)
@@ -293,7 +303,7 @@ def substitute_synonyms(text: str, rng, synonyms, rate: float = 0.2) -> tuple[st
     chosen = sorted(rng.sample(spans, count), key=lambda m: m.start())
     pieces, at = [], 0
     for m in chosen:
-        pieces += [text[at:m.start()], match_case(rng.choice(synonyms(m.group())), m.group())]
+        pieces += [text[at : m.start()], match_case(rng.choice(synonyms(m.group())), m.group())]
         at = m.end()
     out = "".join(pieces) + text[at:]
     return out, out != text
