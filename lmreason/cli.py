@@ -285,7 +285,8 @@ def _all_keys(node, prefix: str = "") -> list[str]:
 
 def _nearest(wrong: str, candidates: list[str]) -> str | None:
     """The valid dotted key a misspelt one most likely meant: a sibling (optimizer.lrr -> optimizer.lr), a key
-    elsewhere (train.early_stoping.patience), or for a top-level key the one whose last part it is (lr -> optimizer.lr)."""
+    elsewhere (train.early_stoping.patience), or for a top-level key the one whose last part it is
+    (lr -> optimizer.lr)."""
     parent, _, leaf = wrong.rpartition(".")
     prefix = f"{parent}." if parent else ""
     siblings = [c[len(prefix) :] for c in candidates if c.startswith(prefix) and "." not in c[len(prefix) :]]

@@ -49,12 +49,15 @@ def render_banner(recipe, out: Console = console) -> None:
     rows = {
         "run dir": str(recipe.run_dir),
         "model": f"{cfg.model.name_or_path} ({'random init' if cfg.model.from_scratch else 'pretrained'})",
-        "data": f"{recipe.data.summary.get('source')}: {len(recipe.train_split):,} train / {len(recipe.val_split):,} validation examples",
-        "effective batch": f"{effective} = {t.batch_size} per step x {t.grad_accum_steps} accumulation x {recipe.dist.world_size} process(es)",
+        "data": f"{recipe.data.summary.get('source')}: "
+        f"{len(recipe.train_split):,} train / {len(recipe.val_split):,} validation examples",
+        "effective batch": f"{effective} = {t.batch_size} per step x {t.grad_accum_steps} accumulation "
+        f"x {recipe.dist.world_size} process(es)",
         "steps": f"{recipe.total_steps:,} ({recipe.steps_per_epoch:,} per epoch)"
         + (f", resuming at {recipe.step:,}" if recipe.step else ""),
         "parameters": f"{counts['trainable']:,} trainable, {counts['frozen']:,} frozen",
-        "optimizer": f"{cfg.optimizer.name} lr {cfg.optimizer.lr:g}, {cfg.scheduler.name} schedule, weight decay {cfg.regularization.weight_decay:g}",
+        "optimizer": f"{cfg.optimizer.name} lr {cfg.optimizer.lr:g}, {cfg.scheduler.name} schedule, "
+        f"weight decay {cfg.regularization.weight_decay:g}",
         "device": f"{recipe.device} ({recipe.precision}, {_threads()})",
         "fast paths": recipe.fast_paths.describe(),
         "early stopping": (

@@ -132,7 +132,8 @@ def _check_task(task_cfg: DictConfig) -> None:
     # the plain format, used when the tokenizer has no chat template (or use_chat_template=false)
     if template is not None and "{prompt}" not in template:
         raise UserError(
-            f"task.prompt_template={template!r} has no {{prompt}} placeholder; add one, e.g. 'Question: {{prompt}}\\nAnswer: '"
+            f"task.prompt_template={template!r} has no {{prompt}} placeholder; "
+            f"add one, e.g. 'Question: {{prompt}}\\nAnswer: '"
         )
     if task_cfg.get("generate_every_evals", 0) < 0:
         raise UserError(f"task.generate_every_evals={task_cfg.generate_every_evals}: must be >= 0 (0: never)")
@@ -237,5 +238,6 @@ def _check_generation(gen_cfg: DictConfig) -> None:
         raise UserError("generation.max_new_tokens and generation.batch_size must be >= 1")
     if gen_cfg.do_sample and not (gen_cfg.temperature > 0 and 0 < gen_cfg.top_p <= 1):
         raise UserError(
-            f"generation.temperature={gen_cfg.temperature}, top_p={gen_cfg.top_p}: sampling needs temperature > 0 and 0 < top_p <= 1"
+            f"generation.temperature={gen_cfg.temperature}, top_p={gen_cfg.top_p}: "
+            "sampling needs temperature > 0 and 0 < top_p <= 1"
         )

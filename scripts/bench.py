@@ -65,7 +65,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--data",
         default=str(REPO.parent / "shared" / "data" / "sst2"),
-        help="a dir of train.* and dev.*/validation.* files, or one CSV (split 80/10/10) (default: ../shared/data/sst2)",
+        help="a dir of train.* and dev.*/validation.* files, or one CSV (split 80/10/10) "
+        "(default: ../shared/data/sst2)",
     )
     p.add_argument("--text-column", default="text")
     p.add_argument("--label-column", default="label")

@@ -171,7 +171,8 @@ def main(argv=None) -> dict:
     print(
         f"lmreason {median['lmreason']:.2f} s, pipeline {median['pipeline']:.2f} s (median of {args.repeats}) "
         f"for {len(questions)} prompts, batch {args.batch_size}, {args.max_new_tokens} new tokens: "
-        f"ratio pipeline/lmreason = {result['ratio_pipeline_over_lmreason']:.2f}; answers agree {agree:.0%}. Wrote {out}"
+        f"ratio pipeline/lmreason = {result['ratio_pipeline_over_lmreason']:.2f}; answers agree {agree:.0%}. "
+        f"Wrote {out}"
     )
     return result
 

@@ -1,4 +1,5 @@
-"""Attributions (lmreason.evaluation.attribution): known answers, completeness, faithfulness, the commands, bad input."""
+"""Attributions (lmreason.evaluation.attribution): known answers, completeness, faithfulness, the commands,
+bad input."""
 
 from __future__ import annotations
 

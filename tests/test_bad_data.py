@@ -271,7 +271,8 @@ def report_cases_tried():
         ok = sum(v for (_, _, outcome), v in TRIED.items() if outcome == "ok")
         print(
             f"\n{sum(TRIED.values())} generated files over {len({f for f, _, _ in TRIED})} formats and "
-            f"{len({d for _, d, _ in TRIED})} kinds of defect: {ok} read correctly, {sum(TRIED.values()) - ok} refused with one line"
+            f"{len({d for _, d, _ in TRIED})} kinds of defect: {ok} read correctly, "
+            f"{sum(TRIED.values()) - ok} refused with one line"
         )
 
 

@@ -1,4 +1,5 @@
-"""`lmreason finetune` end to end on tiny-bert: learning, early stopping, checkpoints, resume, accumulation, sweeps, bad input.
+"""`lmreason finetune` end to end on tiny-bert: learning, early stopping, checkpoints, resume, accumulation, sweeps,
+bad input.
 
 Runs are in-process (`finetune_in_process`); the subprocesses left are a multirun and the run dir guard
 (a Hydra callback, which runs only under the real CLI)."""

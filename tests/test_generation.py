@@ -216,7 +216,8 @@ def test_infer_gen_streams_one_prompt_and_batches_a_file(tmp_path, cache_dir, ge
 
 
 def test_lora_checkpoint_is_merged_and_resumable(tmp_path, tiny_dir, tokenizer):
-    """save_merged: a plain model dir equal to base + adapter; the adapter under adapter/ rebuilds the model to resume."""
+    """save_merged: a plain model dir equal to base + adapter; the adapter under adapter/ rebuilds the model to
+    resume."""
     from transformers import AutoModelForCausalLM
 
     from lmreason.tasks.gen import GenerationTask

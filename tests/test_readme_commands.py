@@ -32,12 +32,14 @@ SHELL_BLOCKS = ("bash", "sh", "shell")
 # --------------------------------------------------------------------------- what is not run, and why
 # A README command line matching one of these (re.search) is skipped with the reason given.
 SKIPPED = {
-    r"^bash scripts/install\.sh": "installs packages into the environment (the demo's steps are the lmreason commands run here)",
-    r"^mkdir -p sst2 && python3 -c .*load_dataset": "downloads SST-2 from the Hugging Face hub (no network here); a tiny "
-    "sst2/ in the layout that line writes stands in (SST2_ROWS)",
+    r"^bash scripts/install\.sh": "installs packages into the environment "
+    "(the demo's steps are the lmreason commands run here)",
+    r"^mkdir -p sst2 && python3 -c .*load_dataset": "downloads SST-2 from the Hugging Face hub (no network here); "
+    "a tiny sst2/ in the layout that line writes stands in (SST2_ROWS)",
     r"^torchrun ": "several processes (DDP): tests/test_distributed.py runs lmreason under torchrun",
     r"^tensorboard ": "TensorBoard's own server, not lmreason (tests/test_finetune.py reads the runs' event files)",
-    r"^lmreason .*hydra/launcher=slurm": "submits to SLURM, which this machine has not (tests/test_sweeps.py composes it)",
+    r"^lmreason .*hydra/launcher=slurm": "submits to SLURM, which this machine has not "
+    "(tests/test_sweeps.py composes it)",
 }
 
 # --------------------------------------------------------------------------- substitutions (slow or networked -> small)

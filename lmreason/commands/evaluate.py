@@ -69,8 +69,8 @@ def run(cfg: DictConfig) -> dict:
         splits.append("ood")
     out_root = (run_dir if run_dir is not None else Path(cfg.output_dir)) / "eval"
     console.print(
-        f"[bold]evaluate[/] {checkpoint_dir} on {data.summary.get('source')} ({', '.join(splits)}); device {device} ({precision})"
-        + ("" if backends == ["torch"] else f"; backend {', '.join(backends)}")
+        f"[bold]evaluate[/] {checkpoint_dir} on {data.summary.get('source')} ({', '.join(splits)}); "
+        f"device {device} ({precision})" + ("" if backends == ["torch"] else f"; backend {', '.join(backends)}")
     )
     session = InferenceSession(
         model, tokenizer, device, precision, cfg.batch_size, eval_cfg.model.max_length, cfg.generation
@@ -123,8 +123,9 @@ def _check_ood_asked_of_a_source_with_some(cfg: DictConfig, eval_cfg: DictConfig
 
     if cfg.split == "ood" and has_ood_split(eval_cfg.data) is False:
         raise UserError(
-            f"split=ood: the data ({eval_cfg.data.get('name', eval_cfg.data.source)}, source {eval_cfg.data.source}) has no OOD split; "
-            "evaluate another split, or give data with one: data=local data.path=<dir with an ood.* file> or a reasoning data.ood_config"
+            f"split=ood: the data ({eval_cfg.data.get('name', eval_cfg.data.source)}, source {eval_cfg.data.source}) "
+            "has no OOD split; evaluate another split, or give data with one: "
+            "data=local data.path=<dir with an ood.* file> or a reasoning data.ood_config"
         )
 
 

@@ -35,10 +35,12 @@ def resolve_resume(cfg: DictConfig) -> tuple[DictConfig, Path]:
     if not saved.is_file():
         if (run_dir / "checkpoints").is_dir():
             raise UserError(
-                f"resume={cfg.resume}: the run stopped before its first checkpoint was complete; nothing to resume, start it again as a new run"
+                f"resume={cfg.resume}: the run stopped before its first checkpoint was complete; "
+                "nothing to resume, start it again as a new run"
             )
         raise UserError(
-            f"resume={cfg.resume}: not a finetune run dir (no checkpoints/last/config.yaml); give the run dir of an interrupted finetune"
+            f"resume={cfg.resume}: not a finetune run dir (no checkpoints/last/config.yaml); "
+            "give the run dir of an interrupted finetune"
         )
     # Plain YAML (safe loader: no code runs, nothing is instantiated); merged onto the schema so a
     # tampered file fails validation.

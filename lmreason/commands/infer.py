@@ -51,7 +51,8 @@ def read_inputs(cfg: DictConfig) -> tuple[list[str], list[str] | None]:
             for column, key in ((cfg.text_column, "text_column"), (cfg.text_pair_column, "text_pair_column")):
                 if column and column not in frame.columns:
                     raise UserError(
-                        f"{path}: no column '{column}' ({key}); its columns are: {', '.join(map(str, frame.columns))}; set {key}=<one of them>"
+                        f"{path}: no column '{column}' ({key}); its columns are: {', '.join(map(str, frame.columns))}; "
+                        f"set {key}=<one of them>"
                     )
             texts = [str(t) if t is not None else "" for t in frame[cfg.text_column].tolist()]
             pairs = [str(t) for t in frame[cfg.text_pair_column].tolist()] if cfg.text_pair_column else None

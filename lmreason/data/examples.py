@@ -57,7 +57,8 @@ def _check_plain(frame: pd.DataFrame, column: str, key: str, where: str, what: s
         if isinstance(value, (dict, list, tuple)):
             kind = "an object" if isinstance(value, dict) else "a list"
             raise UserError(
-                f"{where}: row {row} has {kind} as its {what} in column '{column}' ({key}); give a plain string or number"
+                f"{where}: row {row} has {kind} as its {what} in column '{column}' ({key}); "
+                "give a plain string or number"
             )
         if is_label and (
             (isinstance(value, float) and not math.isfinite(value))
@@ -152,7 +153,8 @@ def check_label_sets(splits: dict[str, pd.DataFrame], origin: str) -> list[str]:
                 )
     if len(train_labels) < 2:
         raise UserError(
-            f"{origin}: the training split has a single label ({next(iter(train_labels))!r}); classification needs at least two"
+            f"{origin}: the training split has a single label ({next(iter(train_labels))!r}); "
+            "classification needs at least two"
         )
     return sort_labels(train_labels)
 

@@ -86,8 +86,9 @@ def _read_delimited(path: Path, text: str, sep: str) -> pd.DataFrame:
                 _check_header(path, header, sep)
             elif len(row) != len(header):
                 raise UserError(
-                    f"{path}: malformed {kind}: line {start} has {len(row)} field(s), the header has {len(header)}; every row "
-                    f"needs {len(header)} (quote a text holding '{sep if sep == ',' else chr(92) + 't'}' with double quotes)"
+                    f"{path}: malformed {kind}: line {start} has {len(row)} field(s), "
+                    f"the header has {len(header)}; every row needs {len(header)} "
+                    f"(quote a text holding '{sep if sep == ',' else chr(92) + 't'}' with double quotes)"
                 )
             else:
                 rows.append(row)

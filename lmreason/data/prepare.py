@@ -115,7 +115,8 @@ def build_splits(cfg: DictConfig, raw) -> tuple[dict, list[str], list[str]]:
     if not own_splits:
         if data_cfg.split_ratios.get("ood"):
             raise UserError(
-                f"data.split_ratios.ood={data_cfg.split_ratios.ood}: a random share of {raw.origin} is not out of distribution; "
+                f"data.split_ratios.ood={data_cfg.split_ratios.ood}: a random share of {raw.origin} "
+                "is not out of distribution; "
                 "drop it from data.split_ratios and give OOD examples their own file (ood.* in a data directory)"
             )
         splits = stratified_split(splits["train"], dict(data_cfg.split_ratios), data_cfg.seed, stratify)
@@ -187,7 +188,8 @@ def write_prepared(path: Path, tokenized: dict, meta: dict, replace: bool = Fals
                 raise
     except OSError as exc:
         raise UserError(
-            f"cache_dir={path.parent.parent}: cannot write the prepared data ({exc.strerror or exc}); set cache_dir to a writable directory"
+            f"cache_dir={path.parent.parent}: cannot write the prepared data ({exc.strerror or exc}); "
+            "set cache_dir to a writable directory"
         ) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -112,7 +112,8 @@ def _load_local(cfg: DictConfig, mode: str) -> RawSource:
         )
     if not path.exists():
         raise UserError(
-            f"data.path={cfg.path}: no such file or directory; give a CSV/TSV/JSON/JSONL/Parquet file or a directory of split files"
+            f"data.path={cfg.path}: no such file or directory; "
+            "give a CSV/TSV/JSON/JSONL/Parquet file or a directory of split files"
         )
     return RawSource(_hash_bytes(path.read_bytes()), str(path), lambda: {"train": read_table(path, cfg.format)})
 

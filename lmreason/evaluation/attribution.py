@@ -51,11 +51,13 @@ def check_config(acfg, task_name: str | None = None, key: str = "attribution") -
         raise UserError(f"{key}.method={acfg.method}: unknown method; known: {', '.join(METHODS)}")
     if acfg.n_steps is None or acfg.n_steps < 1:
         raise UserError(
-            f"{key}.n_steps={acfg.n_steps}: must be >= 1 (interpolation steps of integrated gradients; 32 is a good start)"
+            f"{key}.n_steps={acfg.n_steps}: must be >= 1 "
+            "(interpolation steps of integrated gradients; 32 is a good start)"
         )
     if acfg.internal_batch_size is None or acfg.internal_batch_size < 1:
         raise UserError(
-            f"{key}.internal_batch_size={acfg.internal_batch_size}: must be >= 1 (interpolation points per forward pass)"
+            f"{key}.internal_batch_size={acfg.internal_batch_size}: must be >= 1 "
+            "(interpolation points per forward pass)"
         )
     if acfg.delta_warning is None or acfg.delta_warning < 0:
         raise UserError(f"{key}.delta_warning={acfg.delta_warning}: must be >= 0 (share of the logit change)")
@@ -229,7 +231,8 @@ def _integrated_gradients(model, inputs: dict, special, target, pad_id: int, acf
 
 
 def _gradient_x_input(model, forward, input_ids, baseline, extra, target):
-    """(B, T, d): d logit[target] / d embedding x (embedding - baseline embedding), through a hook on the embedding layer."""
+    """(B, T, d): d logit[target] / d embedding x (embedding - baseline embedding), through a hook on the embedding
+    layer."""
     import torch
 
     layer = model.get_input_embeddings()
@@ -466,8 +469,9 @@ def delta_warning(attributions: list[Attribution], threshold: float, key: str = 
     worst = max(bad, key=lambda i: abs(attributions[i].delta) / max(abs(attributions[i].logit_change), 1e-6))
     a = attributions[worst]
     return (
-        f"warning: {len(bad)} of {len(attributions)} attributions miss completeness by more than {threshold:.0%} of the "
-        f"logit change (worst: delta {a.delta:+.4f} for a change of {a.logit_change:+.4f}); raise {key}.n_steps"
+        f"warning: {len(bad)} of {len(attributions)} attributions miss completeness "
+        f"by more than {threshold:.0%} of the logit change "
+        f"(worst: delta {a.delta:+.4f} for a change of {a.logit_change:+.4f}); raise {key}.n_steps"
     )
 
 
@@ -726,8 +730,8 @@ def leaned_on_table(split: str, leaned: dict):
         title=f"what the model leans on ({split}): words by mean attribution toward the predicted label",
         title_justify="left",
         caption_justify="left",
-        caption="train PMI: log p(label|word)/p(label) in the training split (~0: the word carries no label signal there); "
-        "flags are heuristics",
+        caption="train PMI: log p(label|word)/p(label) in the training split "
+        "(~0: the word carries no label signal there); flags are heuristics",
     )
     for name, justify in (
         ("label", "left"),

@@ -35,14 +35,16 @@ def resolve_checkpoint(run: str | None, checkpoint: str | None, prefer: str = "b
             if (candidate / "config.json").is_file() or (candidate / "adapter_config.json").is_file():
                 return candidate, run_dir
         raise UserError(
-            f"run={run}: no checkpoint in {run_dir / 'checkpoints'}; finetune it first (a checkpoint is written at every validation)"
+            f"run={run}: no checkpoint in {run_dir / 'checkpoints'}; "
+            "finetune it first (a checkpoint is written at every validation)"
         )
     path = Path(checkpoint).expanduser()
     if not path.exists() and str(checkpoint).strip().lower() in PACKAGED_MODELS:  # e.g. the untuned SmolLM2
         path = Path(resolve_model_path(str(checkpoint)))
     if not ((path / "config.json").is_file() or (path / "adapter_config.json").is_file()):
         raise UserError(
-            f"checkpoint={checkpoint}: no model there (config.json missing); give a checkpoint dir, a Hugging Face model dir or a packaged model name"
+            f"checkpoint={checkpoint}: no model there (config.json missing); "
+            "give a checkpoint dir, a Hugging Face model dir or a packaged model name"
         )
     return path, None
 
@@ -122,13 +124,15 @@ def evaluation_config(cfg: DictConfig, checkpoint_dir: Path, saved: DictConfig |
     data = cfg.data if cfg.data is not None else (saved.data if saved is not None else None)
     if data is None:
         raise UserError(
-            f"checkpoint={checkpoint_dir} has no lmreason run config: say which data to evaluate on (e.g. data=local data.path=...)"
+            f"checkpoint={checkpoint_dir} has no lmreason run config: "
+            "say which data to evaluate on (e.g. data=local data.path=...)"
         )
     task = saved.task if saved is not None else OmegaConf.create({"name": task_of_model_dir(checkpoint_dir)})
     if cfg.get("task") is not None:  # other prompt settings, e.g. the format a fine-tuned run used, for its base model
         if cfg.task.name != task.name:
             raise UserError(
-                f"task={cfg.task.name}: {checkpoint_dir} is a task={task.name} model; evaluate it with task={task.name} or leave task unset"
+                f"task={cfg.task.name}: {checkpoint_dir} is a task={task.name} model; "
+                f"evaluate it with task={task.name} or leave task unset"
             )
         task = cfg.task
     return OmegaConf.create(

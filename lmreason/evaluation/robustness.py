@@ -55,7 +55,8 @@ def check_config(rcfg, task_name: str | None = None) -> None:
         )
     if not rcfg.suites and not rcfg.attack:
         raise UserError(
-            "diagnostics.robustness.suites is empty and no attack is set: give suites=[character,word,reasoning] or attack=greedy"
+            "diagnostics.robustness.suites is empty and no attack is set: "
+            "give suites=[character,word,reasoning] or attack=greedy"
         )
     if rcfg.examples is None or rcfg.examples <= 0:
         raise UserError(
@@ -81,7 +82,8 @@ def check_config(rcfg, task_name: str | None = None) -> None:
     if rcfg.attack is not None:
         if rcfg.attack not in KNOWN_ATTACKS:
             raise UserError(
-                f"diagnostics.robustness.attack={rcfg.attack}: unknown attack; known: {', '.join(KNOWN_ATTACKS)} (or null)"
+                f"diagnostics.robustness.attack={rcfg.attack}: unknown attack; "
+                f"known: {', '.join(KNOWN_ATTACKS)} (or null)"
             )
         if task_name == "gen":
             raise UserError(
@@ -90,11 +92,13 @@ def check_config(rcfg, task_name: str | None = None) -> None:
             )
         if rcfg.query_budget is None or rcfg.query_budget <= 0:
             raise UserError(
-                f"diagnostics.robustness.query_budget={rcfg.query_budget}: must be > 0 (model calls per attacked example)"
+                f"diagnostics.robustness.query_budget={rcfg.query_budget}: "
+                "must be > 0 (model calls per attacked example)"
             )
         if rcfg.attack_examples is not None and rcfg.attack_examples <= 0:
             raise UserError(
-                f"diagnostics.robustness.attack_examples={rcfg.attack_examples}: must be > 0 (or null: as many as examples)"
+                f"diagnostics.robustness.attack_examples={rcfg.attack_examples}: "
+                "must be > 0 (or null: as many as examples)"
             )
 
 
@@ -119,7 +123,8 @@ def build_tests(rcfg, label_names: list[str], synonyms=None, uncased: bool = Fal
                     "typos",
                     INV,
                     lambda t, r: character.typos(t, r, rate),
-                    about=f"DeepWordBug edits (keyboard neighbour, deletion, insertion, repetition, swap) on {rate:.0%} of words",
+                    about="DeepWordBug edits (keyboard neighbour, deletion, insertion, repetition, swap) "
+                    f"on {rate:.0%} of words",
                 ),
             ]
             if not uncased:
@@ -663,7 +668,8 @@ def robustness_table(results: dict):
         title="robustness (worst first)",
         title_justify="left",
         caption_justify="left",
-        caption="failure: INV = prediction changed, DIR = not the expected label; acc over the examples a test applied to",
+        caption="failure: INV = prediction changed, DIR = not the expected label; "
+        "acc over the examples a test applied to",
     )
     table.add_column("test", style="bold")
     table.add_column("exp")

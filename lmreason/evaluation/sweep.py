@@ -50,12 +50,14 @@ def sweep_report(sweep_dir) -> dict:
     root = Path(sweep_dir).expanduser()
     if not root.is_dir():
         raise UserError(
-            f"sweep={sweep_dir}: no such directory; give the dir of a multirun (outputs/finetune/multirun/<date>/<time>)"
+            f"sweep={sweep_dir}: no such directory; "
+            "give the dir of a multirun (outputs/finetune/multirun/<date>/<time>)"
         )
     run_dirs = find_run_dirs(root)
     if not run_dirs and any((root / part).exists() for part in RUN_PARTS):
         raise UserError(
-            f"sweep={sweep_dir} is a single run dir; use lmreason evaluate run={sweep_dir}, or give the multirun dir that holds it"
+            f"sweep={sweep_dir} is a single run dir; use lmreason evaluate run={sweep_dir}, "
+            "or give the multirun dir that holds it"
         )
     if not run_dirs:
         raise UserError(

@@ -147,12 +147,15 @@ class FinetuneRecipe:
         cfg, t = self.cfg, self.cfg.train
         es = t.early_stopping
         lines = [
-            f"model: {cfg.model.name_or_path} ({'random init' if cfg.model.from_scratch else 'pretrained'}, max length {cfg.model.max_length})",
-            f"data: {cfg.data.name} ({self.data.summary.get('source')}): {len(self.train_split)} train / {len(self.val_split)} validation",
+            f"model: {cfg.model.name_or_path} ({'random init' if cfg.model.from_scratch else 'pretrained'}, "
+            f"max length {cfg.model.max_length})",
+            f"data: {cfg.data.name} ({self.data.summary.get('source')}): "
+            f"{len(self.train_split)} train / {len(self.val_split)} validation",
             f"task: {cfg.task.name}; early stopping on {es.monitor} ({es.mode}, patience {es.patience})"
             if es.enabled
             else f"task: {cfg.task.name}; early stopping off (best by {es.monitor}, {es.mode})",
-            f"optimizer: {cfg.optimizer.name} lr {cfg.optimizer.lr:g}, {cfg.scheduler.name} schedule, weight decay {cfg.regularization.weight_decay:g}",
+            f"optimizer: {cfg.optimizer.name} lr {cfg.optimizer.lr:g}, {cfg.scheduler.name} schedule, "
+            f"weight decay {cfg.regularization.weight_decay:g}",
             f"batch: {t.batch_size} x {t.grad_accum_steps} accumulation x {self.dist.world_size} process(es)",
             f"steps: {self.total_steps} ({self.steps_per_epoch} per epoch)"
             + (f", resuming at {self.step}" if self.step else ""),

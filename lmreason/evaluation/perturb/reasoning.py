@@ -74,7 +74,10 @@ class Parsed:
         premises = self.premises if premises is None else premises
         if self.kind == "syllogism":
             body = "".join(f"{i}. {p}\n" for i, p in enumerate(premises, 1))
-            return f"{self.head}{body}\nDoes it logically follow that:\n{conclusion or self.conclusion}?\n(Answer Yes or No)"
+            return (
+                f"{self.head}{body}\nDoes it logically follow that:\n{conclusion or self.conclusion}?\n"
+                "(Answer Yes or No)"
+            )
         if self.kind == "family":
             return self.head + " ".join(premises) + self.tail
         return self.head + " " + " ".join(premises) + self.tail
