@@ -143,6 +143,19 @@ def test_an_int8_graph_that_costs_too_much_accuracy_is_refused_and_fp32_kept(
     assert list(read_json(onnx_dir / "export.json")["checks"]) == ["fp32"]
 
 
+def test_a_plain_model_dir_is_checked_on_probe_texts(finished_run, tmp_path, cache_dir, capsys):
+    """No saved run config (any Hugging Face classifier dir): no data to rebuild, so the check runs on
+    built-in probe texts and compares labels and logits only."""
+    model_dir = tmp_path / "model"
+    shutil.copytree(
+        finished_run / "checkpoints" / "best", model_dir, ignore=shutil.ignore_patterns("config.yaml", "onnx")
+    )
+    record = lmreason("export", f"checkpoint={model_dir}", tmp_path=tmp_path, cache_dir=cache_dir)
+    assert "probe texts (no run data" in record["checked_on"] and "probe texts" in printed(capsys)
+    assert record["checks"]["fp32"]["max_abs_logit_diff"] < 1e-4 and "acc_torch" not in record["checks"]["fp32"]
+    assert (model_dir / "onnx" / "model.onnx").is_file()
+
+
 # --------------------------------------------------------------------------- infer / evaluate through the graph
 def test_infer_backend_onnx_gives_torchs_rows_in_order(exported_run, tmp_path, cache_dir, capsys):
     torch_rows = lmreason("infer", f"run={exported_run}", f"text={TEXTS}", tmp_path=tmp_path, cache_dir=cache_dir)

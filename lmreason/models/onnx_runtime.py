@@ -35,8 +35,9 @@ def require_onnxruntime(why: str):
 def session_options(ort, threads: int | None = None):
     """onnxruntime session settings, chosen rather than left to defaults.
 
-    - graph optimisation ORT_ENABLE_ALL: constant folding plus the fusions (LayerNorm, Gelu, attention,
-      MatMul+Add) onnxruntime applies when it loads the graph;
+    - graph optimisation ORT_ENABLE_ALL: constant folding plus the fusions (LayerNorm, Gelu, MatMul+Add,
+      the int8 MatMul+scale kernels) onnxruntime applies when it loads the graph. Measured on MiniLM/SST-2
+      dev, 1 thread: int8 210 samples/s with optimisation disabled, 253 with ALL; fp32 138 -> 145;
     - intra-op threads = torch's thread count (what `device.threads` / the load-aware default chose), one
       inter-op thread (a classifier graph is one chain: parallel branches gain nothing);
     - no spinning of idle pool threads when OMP_WAIT_POLICY=PASSIVE (lmreason's default, cli.passive_openmp_wait):
