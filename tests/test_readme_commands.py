@@ -77,7 +77,7 @@ PLACEHOLDER_SPELLINGS = {"<run dir>": "<run_dir>"}
 # that the run the text has just made (cls in Commands, gen in Generation).
 RUN_PLACEHOLDERS = ("outputs/finetune/<date>/<time>", "<run_dir>", "...")
 # ... except for what needs a classifier (the attack, attributions): the latest task=cls run.
-CLASSIFIER_ONLY = r"diagnostics\.robustness\.attack=|.*attribution|explain=true"
+CLASSIFIER_ONLY = r"diagnostics\.robustness\.attack=|.*attribution|explain=true|backend="
 SWEEP_PLACEHOLDERS = ("outputs/finetune/multirun/<date>/<time>",)  # sweep=: the latest multirun dir
 # Files the commands read from the cwd, in the layout the README gives.
 SST2_ROWS = {"train": 64, "dev": 32}  # sst2/train.csv, sst2/dev.csv: text,label (0 negative, 1 positive)
@@ -136,7 +136,9 @@ def test_every_readme_command_is_run_or_skipped_with_a_reason():
     unused = [pattern for pattern in SKIPPED if not any(re.search(pattern, line.text) for line in lines)]
     assert not unused, f"SKIPPED entries that match no README line any more: {unused}"
     run = [line for line in lines if line.words and not line.skip]
-    assert len(run) >= 10 and all(line.words[1] in ("prepare", "finetune", "evaluate", "infer") for line in run)
+    assert len(run) >= 10 and all(
+        line.words[1] in ("prepare", "finetune", "evaluate", "infer", "export") for line in run
+    )
     assert any(line.stdin_command for line in run)  # the pipe was found
 
 
@@ -158,7 +160,8 @@ def substituted(words: list[str], runs: list[tuple[Path, str]], sweeps: list[Pat
     for word in args:
         key, eq, value = word.partition("=")
         if eq and key in ("run", "resume") and value in RUN_PLACEHOLDERS:
-            wanted = option(args, "task") or ("cls" if any(re.match(CLASSIFIER_ONLY, w) for w in args) else None)
+            needs_cls = command == "export" or any(re.match(CLASSIFIER_ONLY, w) for w in args)
+            wanted = option(args, "task") or ("cls" if needs_cls else None)
             matching = [run for run, task in runs if wanted in (None, task)]
             assert matching, f"{word}: no earlier finetune to take the run dir from"
             word = f"{key}={matching[-1]}"
