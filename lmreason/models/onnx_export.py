@@ -130,7 +130,7 @@ def export_checkpoint(checkpoint_dir: Path, settings: ExportConfig, cache_dir: s
     record.update({"fingerprint": fingerprint, "inputs": _input_names(model, tokenizer), "opset": settings.opset,
                    "exporter": settings.exporter, "checked_on": check.about})
     record.setdefault("checks", {})
-    fp32_path, temps = out / FILES["fp32"], []
+    fp32_path, temps, written = out / FILES["fp32"], [], []
     try:
         if reuse_fp32:
             fp32_source = fp32_path
@@ -148,6 +148,7 @@ def export_checkpoint(checkpoint_dir: Path, settings: ExportConfig, cache_dir: s
             fp32_source = fp32_path
             record["checks"]["fp32"] = figures
             atomic_write_json(out / RECORD, record)
+            written.append("fp32")
         if settings.quantize == "int8":
             int8_tmp = out / f".model.int8.onnx.tmp-{os.getpid()}"
             temps.append(int8_tmp)
@@ -161,14 +162,14 @@ def export_checkpoint(checkpoint_dir: Path, settings: ExportConfig, cache_dir: s
             os.replace(int8_tmp, out / FILES["int8"])
             record["checks"]["int8"] = figures
             atomic_write_json(out / RECORD, record)
+            written.append("int8")
     except OSError as exc:
         raise UserError(f"{out}: cannot write the export ({exc.strerror or exc}); check the disk and permissions") from None
     finally:
         for temp in temps:
             temp.unlink(missing_ok=True)
-    for variant in ("fp32", "int8"):
-        if variant in record["checks"]:
-            console.print(f"wrote {out / FILES[variant]} ({(out / FILES[variant]).stat().st_size / 1e6:.1f} MB)")
+    for variant in written:
+        console.print(f"wrote {out / FILES[variant]} ({(out / FILES[variant]).stat().st_size / 1e6:.1f} MB)")
     return record
 
 
