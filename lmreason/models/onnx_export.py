@@ -165,7 +165,7 @@ def export_checkpoint(
         }
     )
     record.setdefault("checks", {})
-    fp32_path, temps = out / FILES["fp32"], []
+    fp32_path, temps, written = out / FILES["fp32"], [], []
     try:
         if reuse_fp32:
             fp32_source = fp32_path
@@ -185,6 +185,7 @@ def export_checkpoint(
             fp32_source = fp32_path
             record["checks"]["fp32"] = figures
             atomic_write_json(out / RECORD, record)
+            written.append("fp32")
         if settings.quantize == "int8":
             int8_tmp = out / f".model.int8.onnx.tmp-{os.getpid()}"
             temps.append(int8_tmp)
@@ -200,6 +201,7 @@ def export_checkpoint(
             os.replace(int8_tmp, out / FILES["int8"])
             record["checks"]["int8"] = figures
             atomic_write_json(out / RECORD, record)
+            written.append("int8")
     except OSError as exc:
         raise UserError(
             f"{out}: cannot write the export ({exc.strerror or exc}); check the disk and permissions"
@@ -207,9 +209,8 @@ def export_checkpoint(
     finally:
         for temp in temps:
             temp.unlink(missing_ok=True)
-    for variant in ("fp32", "int8"):
-        if variant in record["checks"]:
-            console.print(f"wrote {out / FILES[variant]} ({(out / FILES[variant]).stat().st_size / 1e6:.1f} MB)")
+    for variant in written:
+        console.print(f"wrote {out / FILES[variant]} ({(out / FILES[variant]).stat().st_size / 1e6:.1f} MB)")
     return record
 
 
