@@ -76,7 +76,8 @@ PLACEHOLDER_SPELLINGS = {"<run dir>": "<run_dir>"}
 # run=/resume=: the run dir of the latest single finetune (of the command's task=, if it gives one): README order makes
 # that the run the text has just made (cls in Commands, gen in Generation).
 RUN_PLACEHOLDERS = ("outputs/finetune/<date>/<time>", "<run_dir>", "...")
-# ... except for what needs a classifier (the attack, attributions): the latest task=cls run.
+# ... except for what needs a classifier (the attack, attributions, export, backend=): the README's first run (the
+# demo: task=cls, with test and OOD splits).
 CLASSIFIER_ONLY = r"diagnostics\.robustness\.attack=|.*attribution|explain=true|backend="
 SWEEP_PLACEHOLDERS = ("outputs/finetune/multirun/<date>/<time>",)  # sweep=: the latest multirun dir
 # Files the commands read from the cwd, in the layout the README gives.
@@ -164,7 +165,8 @@ def substituted(words: list[str], runs: list[tuple[Path, str]], sweeps: list[Pat
             wanted = option(args, "task") or ("cls" if needs_cls else None)
             matching = [run for run, task in runs if wanted in (None, task)]
             assert matching, f"{word}: no earlier finetune to take the run dir from"
-            word = f"{key}={matching[-1]}"
+            # a classifier-only line means the README's demo run (the first: it has test and OOD splits)
+            word = f"{key}={matching[0] if needs_cls and not option(args, 'task') else matching[-1]}"
         elif eq and key == "sweep" and value in SWEEP_PLACEHOLDERS:
             assert sweeps, f"{word}: no earlier multirun to take the sweep dir from"
             word = f"sweep={sweeps[-1]}"
@@ -298,9 +300,16 @@ def check_outputs(
                 else []
             )
             return None if len(rows) == len(REVIEWS) else f"{output}: {len(rows)} predictions, expected {len(REVIEWS)}"
-        given = stdin.splitlines() if option(args, "input") == "-" else [w for w in args if w.startswith("text=")]
+        source = option(args, "input")
+        given = (
+            stdin.splitlines()
+            if source == "-"
+            else REVIEWS
+            if source == "reviews.csv"
+            else [w for w in args if w.startswith("text=")]
+        )
         if not re.search(rf"\b{len(given)} predictions? in ", out):
-            return f"expected {len(given)} predictions printed (one per text= or stdin line)"
+            return f"expected {len(given)} predictions printed (one per text=, stdin line or reviews.csv row)"
     return None
 
 
