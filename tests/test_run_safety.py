@@ -159,19 +159,19 @@ def test_threads_default_to_the_idle_cores_and_a_busy_machine_is_warned_about(mo
 
     from lmreason.training import device
 
-    assert [device.default_threads(2, load) for load in (0.0, 0.9, 1.0, 1.6, 3.5)] == [2, 2, 1, 1, 1]
+    assert [device.default_threads(2, load) for load in (0.0, 0.4, 0.9, 1.0, 1.6, 3.5)] == [2, 2, 1, 1, 1, 1]
     assert device.default_threads(16, 4.2) == 12 and device.default_threads(4, None) == 4
-    before = torch.get_num_threads()
+    before, measure_load = torch.get_num_threads(), device.machine_load
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(device, "usable_cores", lambda: 2)
     try:
-        monkeypatch.setattr(os, "getloadavg", lambda: (0.1, 0.1, 0.1))
+        monkeypatch.setattr(device, "machine_load", lambda: 0.1)
         with caplog.at_level(logging.WARNING, logger=device.__name__):
             idle = device.choose_threads(None)
         assert torch.get_num_threads() == idle.threads == 2 and not caplog.records
         assert idle.describe() == "2 threads (of 2 cores; load 0.1; idle cores)"
 
-        monkeypatch.setattr(os, "getloadavg", lambda: (1.1, 1.0, 1.0))  # one other job on 2 cores
+        monkeypatch.setattr(device, "machine_load", lambda: 1.1)  # one other job on 2 cores
         assert device.choose_threads(None).threads == torch.get_num_threads() == 1 and not caplog.records
         with caplog.at_level(logging.WARNING, logger=device.__name__):
             forced = device.choose_threads(2)  # device.threads=2 is kept, and warned about
@@ -183,6 +183,14 @@ def test_threads_default_to_the_idle_cores_and_a_busy_machine_is_warned_about(mo
         assert _threads() == "2 threads (of 2 cores; load 1.1; device.threads)"  # the banner's device row
     finally:
         torch.set_num_threads(before)
+    # The reading is of now (two /proc/stat samples), not the 1-minute average that still counts a job
+    # finished seconds ago: half of 2 cores' time busy between the samples = 1 core busy.
+    import io
+
+    readings = iter(["cpu  100 0 100 800 0 0 0 0 0 0\n", "cpu  150 0 150 900 0 0 0 0 0 0\n"])
+    monkeypatch.setattr(device, "open", lambda path: io.StringIO(next(readings)), raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert measure_load(sample_s=0) == 1.0
     # The CLI asks OpenMP to sleep, not spin, when idle (before torch starts it), unless the user chose a policy.
     from lmreason.cli import passive_openmp_wait
 

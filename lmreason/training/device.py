@@ -68,11 +68,40 @@ def usable_cores() -> int:
 def default_threads(cores: int, load: float | None) -> int:
     """The cores not already busy, at least 1: on a shared CPU, threads beyond the idle cores wait for
     each other at every parallel region (issue 17: all-cores threads 6-8x slower than 1 thread with one
-    other job on 2 cores). `load` is the 1-minute load average (this process is not running yet); only
-    whole busy cores count, as the average lags: a job that ended seconds ago still shows ~0.9."""
+    other job on 2 cores). `load` is how many cores other processes keep busy now (`machine_load`);
+    a core counts as busy from half its time on."""
     if load is None:
         return cores
-    return max(1, min(cores, cores - math.floor(load)))
+    return max(1, min(cores, cores - round(load)))
+
+
+def machine_load(sample_s: float = 0.1) -> float | None:
+    """Cores busy right now, from two readings of /proc/stat `sample_s` apart (this process sleeps in
+    between, so the figure is the other processes'); the 1-minute load average where /proc/stat is
+    missing. Not the load average first: it lags a minute, so a command run right after another (prepare,
+    then finetune) would see the finished one as still busy and take half the cores of an idle machine."""
+    import time
+
+    def read() -> tuple[int, int] | None:
+        try:
+            with open("/proc/stat") as handle:
+                fields = [int(v) for v in handle.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields[:8]), idle  # user nice system idle iowait irq softirq steal (guest is inside user)
+
+    first = read()
+    if first is not None:
+        time.sleep(sample_s)
+        second = read()
+        if second is not None and second[0] > first[0]:
+            total, idle = second[0] - first[0], second[1] - first[1]
+            return (total - idle) / total * (os.cpu_count() or 1)
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):  # not on every platform
+        return None
 
 
 def choose_threads(threads: int | None, warn: bool = True) -> ThreadChoice:
@@ -83,10 +112,7 @@ def choose_threads(threads: int | None, warn: bool = True) -> ThreadChoice:
 
     global last_thread_choice
     cores = usable_cores()
-    try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):  # not on every platform
-        load = None
+    load = machine_load()
     if threads is not None:
         source = "device.threads"
     elif os.environ.get("OMP_NUM_THREADS"):
