@@ -216,19 +216,12 @@ def export_checkpoint(
 
 def _plain_model(checkpoint_dir: Path):
     """The checkpoint's classifier as saved: fp32, CPU, eval mode, no fast paths."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    import torch
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir)
-        model = AutoModelForSequenceClassification.from_pretrained(checkpoint_dir, use_safetensors=True)
-    except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(
-            f"{checkpoint_dir}: cannot load the model ({first[:200]}); lmreason loads safetensors weights only"
-        ) from None
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model.float().eval(), tokenizer
+    from lmreason.evaluation.loading import load_model_for_inference
+
+    model, tokenizer = load_model_for_inference(checkpoint_dir, "cls", torch.device("cpu"), fast_paths=False)
+    return model.float(), tokenizer
 
 
 def _input_names(model, tokenizer) -> list[str]:
