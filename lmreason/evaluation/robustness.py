@@ -308,6 +308,18 @@ def robustness_of_split(session, task, request, rcfg, resources: Resources) -> t
     return _cls_split(session, request, rcfg, resources)
 
 
+def _perturb(session, rcfg, resources: Resources, synonyms, label_names: list[str], rows: tuple):
+    """(tests, what each applied to) for `rows` = (texts, their split indices, gold label names): the
+    synonym table filled for the texts' content words first, then every test run, seeded."""
+    texts, index, gold_names = rows
+    if synonyms is not None:
+        synonyms.prefetch(m.group() for t in texts for m in word.content_words(t))
+    tests = build_tests(rcfg, label_names, synonyms, uncased=is_uncased(session.tokenizer))
+    meaning = resources.meaning if "word" in rcfg.suites else None
+    applied = apply_tests(tests, texts, index, gold_names, int(rcfg.seed), meaning, int(rcfg.word.tries))
+    return tests, applied
+
+
 def _needs_synonyms(rcfg) -> bool:
     return "word" in rcfg.suites or rcfg.attack is not None
 
@@ -325,18 +337,7 @@ def _cls_split(session, request, rcfg, resources: Resources) -> tuple[dict, list
     gold_names = [request.label_names[label] for label in sample["labels"]]
     gold = np.array([model_labels.index(g) for g in gold_names])
     synonyms = resources.synonyms if _needs_synonyms(rcfg) else None
-    if synonyms is not None:
-        synonyms.prefetch(m.group() for t in texts for m in word.content_words(t))
-    tests = build_tests(rcfg, model_labels, synonyms, uncased=is_uncased(session.tokenizer))
-    applied = apply_tests(
-        tests,
-        texts,
-        index,
-        gold_names,
-        int(rcfg.seed),
-        resources.meaning if "word" in rcfg.suites else None,
-        int(rcfg.word.tries),
-    )
+    tests, applied = _perturb(session, rcfg, resources, synonyms, model_labels, (texts, index, gold_names))
     # the clean texts and every test's perturbed texts in one batched pass
     all_texts = texts + [t for a in applied for t in a.texts]
     all_pairs = (pairs + [pairs[r] for a in applied for r in a.rows]) if pairs else None
@@ -482,18 +483,7 @@ def _gen_split(session, task, request, rcfg, resources: Resources) -> tuple[dict
     prompts = columns["prompt"]
     gold_names = [str(a) for a in columns.get("answer", columns["completion"])]
     synonyms = resources.synonyms if "word" in rcfg.suites else None
-    if synonyms is not None:
-        synonyms.prefetch(m.group() for t in prompts for m in word.content_words(t))
-    tests = build_tests(rcfg, [], synonyms, uncased=is_uncased(session.tokenizer))
-    applied = apply_tests(
-        tests,
-        prompts,
-        index,
-        gold_names,
-        int(rcfg.seed),
-        resources.meaning if "word" in rcfg.suites else None,
-        int(rcfg.word.tries),
-    )
+    tests, applied = _perturb(session, rcfg, resources, synonyms, [], (prompts, index, gold_names))
     all_prompts = prompts + [t for a in applied for t in a.texts]
     ids = task.encode_prompts(session.tokenizer, all_prompts, session.max_length)
     answers, _ = generate_texts(
