@@ -150,3 +150,15 @@ def test_every_yaml_key_has_a_comment():
             if not stripped or stripped.startswith(("#", "-")) or stripped.endswith(":") or stripped == "{}":
                 continue
             assert "#" in line, f"{path.relative_to(CONF)}:{number} has no comment: {line!r}"
+
+
+def test_cpu_auto_precision_follows_the_cpu():
+    """device.precision=auto: bf16 only where the CPU has AMX bf16 tiles, fp32 elsewhere (AVX512-BF16 alone
+    measured slower in bf16), and the reason is said."""
+    from lmreason.training.device import cpu_auto_precision
+
+    assert cpu_auto_precision({"avx512f", "amx_bf16", "amx_tile", "amx_int8"})[0] == "bf16"
+    precision, why = cpu_auto_precision({"avx512f", "avx512_bf16"})
+    assert precision == "fp32" and "no AMX" in why
+    assert cpu_auto_precision(set())[0] == "fp32"
+    assert cpu_auto_precision({"amx_bf16"})[0] == "fp32"  # bf16 tiles need the tile unit too
