@@ -18,6 +18,10 @@ def run(cfg: DictConfig) -> dict:
         from lmreason.evaluation.sweep import sweep_report
 
         return sweep_report(cfg.sweep)
+    if cfg.get("compare") is not None:  # reads the runs' eval/ records: nothing is loaded or predicted
+        from lmreason.evaluation.compare import compare_command
+
+        return compare_command(list(cfg.compare), Path(cfg.output_dir))
     from lmreason.data.prepare import prepare_data
     from lmreason.evaluation.loading import (
         checkpoint_max_length,
