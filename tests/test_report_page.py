@@ -207,3 +207,21 @@ def test_compare_refuses_runs_on_other_examples_or_labels_and_unevaluated_runs(t
     with pytest.raises(UserError, match="two or more"):
         run_command("evaluate", f"compare=[{a}]", output_dir=out, cache_dir=cache_dir)
     assert not (out / "compare.html").exists()
+
+
+def test_sweep_report_writes_the_comparison_page_over_its_evaluated_jobs(tmp_path, cache_dir):
+    from lmreason.evaluation.sweep import sweep_report
+
+    sweep = tmp_path / "multirun"
+    _fake_run(sweep / "0", [i % 3 != 0 for i in range(60)])
+    _fake_run(sweep / "1", [True] * 60, lr=3e-3)
+    (sweep / "2" / ".hydra").mkdir(parents=True)  # a job that never got evaluated: left out of the page
+    report = sweep_report(sweep)
+    assert report["comparison_page"] == str(sweep / "compare.html")
+    comparison = read_json(sweep / "compare.json")
+    assert comparison["runs"] == [str(sweep / "0"), str(sweep / "1")]
+
+
+def test_compare_goes_alone(tmp_path, cache_dir):
+    with pytest.raises(UserError, match="compare=.* alone, without run="):
+        run_command("evaluate", "compare=[a,b]", "run=c", output_dir=tmp_path, cache_dir=cache_dir)
