@@ -371,6 +371,7 @@ class EvaluateCommandConfig:
     run: Optional[str] = None
     checkpoint: Optional[str] = None
     sweep: Optional[str] = None
+    compare: Optional[List[str]] = None
     split: str = "test"
     compare_ood: bool = True
     slice_columns: Optional[List[str]] = None

@@ -55,6 +55,14 @@ def validate_finetune(cfg: DictConfig) -> None:
 def validate_evaluate(cfg: DictConfig) -> None:
     if cfg.sweep and (cfg.run or cfg.checkpoint):
         raise UserError("give sweep= (a multirun dir) or run=/checkpoint= (one model), not both")
+    if cfg.get("compare") is not None:
+        if cfg.sweep or cfg.run or cfg.checkpoint:
+            raise UserError("give compare='[<run>,<run>]' alone, without run=, checkpoint= or sweep=")
+        if len(cfg.compare) < 2:
+            raise UserError(
+                f"compare={list(cfg.compare)}: give two or more evaluated run dirs, baseline first: "
+                "compare='[<baseline run>,<other run>]'"
+            )
     _check_positive("batch_size", cfg.batch_size)
     _check_device(cfg.device)
     _check_generation(cfg.generation)

@@ -183,6 +183,12 @@ def test_evaluate_gen_writes_generations_slices_and_the_gap(tmp_path, cache_dir,
     gap = read_json(gen_run / "eval" / "gap.json")["gap"]
     assert gap["exact_match"]["gap"] == gap["exact_match"]["in_distribution"] - gap["exact_match"]["ood"]
     assert "perplexity" in gap and "OOD" in out
+    # bootstrap intervals of exact match and score, and the report page of a generation run
+    assert test["exact_match_ci"][0] <= test["exact_match"] <= test["exact_match_ci"][1]
+    assert "gap_ci" in gap["exact_match"] and "gap_ci" in gap["score"]
+    page = (gen_run / "eval" / "report.html").read_text()
+    assert "exact_match by difficulty" in page and "task=gen has no classes" in page
+    assert "file://" in out
 
 
 def test_infer_gen_streams_one_prompt_and_batches_a_file(tmp_path, cache_dir, gen_run, capsys):

@@ -41,6 +41,8 @@ SKIPPED = {
     r"^tensorboard ": "TensorBoard's own server, not lmreason (tests/test_finetune.py reads the runs' event files)",
     r"^lmreason .*hydra/launcher=slurm": "submits to SLURM, which this machine has not "
     "(tests/test_sweeps.py composes it)",
+    r"^lmreason evaluate compare=": "needs two evaluated runs of the same data; tests/test_report_page.py runs "
+    "compare= on evaluated runs",
 }
 
 # --------------------------------------------------------------------------- substitutions (slow or networked -> small)

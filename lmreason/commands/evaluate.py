@@ -18,6 +18,10 @@ def run(cfg: DictConfig) -> dict:
         from lmreason.evaluation.sweep import sweep_report
 
         return sweep_report(cfg.sweep)
+    if cfg.get("compare") is not None:  # reads the runs' eval/ records: nothing is loaded or predicted
+        from lmreason.evaluation.compare import compare_command
+
+        return compare_command(list(cfg.compare), Path(cfg.output_dir))
     from lmreason.data.prepare import prepare_data
     from lmreason.evaluation.loading import (
         checkpoint_max_length,
@@ -89,16 +93,19 @@ def run(cfg: DictConfig) -> dict:
         requests[split] = request
     if backends != ["torch"]:
         record_backends(backends, session, checkpoint_dir, task, requests, results, cfg)
+    about = None
     if len(splits) == 2:
+        from lmreason.data.sources import ood_description
         from lmreason.evaluation.metrics import gap_table
+        from lmreason.evaluation.per_example import add_gap_cis, read_split_examples
         from lmreason.evaluation.report import gap_rich_table
 
         gap = gap_table(results[splits[0]], results["ood"], keys=GAP_KEYS[task.name])
+        add_gap_cis(gap, read_split_examples(out_root / splits[0]), read_split_examples(out_root / "ood"))
         results["gap"] = gap
         write_json(out_root / "gap.json", {"in_distribution_split": splits[0], "ood_split": "ood", "gap": gap})
-        from lmreason.data.sources import ood_description
-
-        console.print(gap_rich_table(gap, id_name=splits[0], ood_name="ood", about=ood_description(eval_cfg.data)))
+        about = ood_description(eval_cfg.data)
+        console.print(gap_rich_table(gap, id_name=splits[0], ood_name="ood", about=about))
     if robustness_cfg is not None:  # diagnostics on the same session and splits (eval/<split>/robustness.json)
         from lmreason.evaluation.robustness import run_robustness
 
@@ -111,9 +118,16 @@ def run(cfg: DictConfig) -> dict:
         results["attribution"] = run_attribution(
             session, task, list(requests.values()), attribution_cfg, run_dir, data.splits.get("train"), data.label_names
         )
+    from lmreason.evaluation.report_context import run_config, run_summary, summary_markdown
+    from lmreason.evaluation.report_page import write_run_report
+
+    config = run_config(run_dir, saved)
     if run_dir is not None:
-        log_to_tensorboard(run_dir, results)
+        summary = run_summary(out_root, splits, config, task.name, about)
+        log_to_tensorboard(run_dir, results, summary_markdown(summary))
+    page = write_run_report(out_root, run_dir, splits, config, task.name, about)
     console.print(f"reports written to {out_root}")
+    console.print(f"report: [link=file://{page.resolve()}]file://{page.resolve()}[/link]")
     return results
 
 

@@ -28,6 +28,15 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
     _write(path, lambda: atomic_write(path, text))
 
 
+def write_text(path: Path, text: str) -> None:
+    """`text` at `path` (a page, a table), atomically.
+
+    Raises:
+        UserError: the file cannot be written.
+    """
+    _write(path, lambda: atomic_write(path, text))
+
+
 def _write(path: Path, write) -> None:
     try:
         write()
@@ -48,15 +57,16 @@ def save_classification_figures(metrics: dict, label_names: list[str], split: st
     )
 
 
-def log_to_tensorboard(run_dir: Path, results: dict) -> None:
-    """Each split's headline metrics (step 0) and figures into the run's TensorBoard events."""
+def log_to_tensorboard(run_dir: Path, results: dict, summary_text: str | None = None) -> None:
+    """Each split's headline metrics (step 0) and figures into the run's TensorBoard events; `summary_text`
+    (the report's summary as Markdown: the text plugin renders Markdown tables, not HTML) as `report/summary`."""
     from torch.utils.tensorboard import SummaryWriter
 
     from lmreason.evaluation.plots import confusion_figure, reliability_figure
 
     writer = SummaryWriter(log_dir=str(Path(run_dir) / "tb"))
     for split, metrics in results.items():
-        if split == "gap":
+        if split == "gap" or not isinstance(metrics, dict):
             continue
         for key in ("acc", "f1_macro", "ece", "loss", "exact_match", "perplexity"):
             if isinstance(metrics.get(key), (int, float)):
@@ -71,4 +81,6 @@ def log_to_tensorboard(run_dir: Path, results: dict) -> None:
                 f"{split}/reliability",
                 reliability_figure(metrics["reliability"], metrics["ece"], f"{split} reliability"),
             )
+    if summary_text:
+        writer.add_text("report/summary", summary_text, 0)
     writer.close()

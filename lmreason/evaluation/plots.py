@@ -135,3 +135,61 @@ def save_figure(fig, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png", dpi=120, bbox_inches="tight")
     return path
+
+
+def slice_figure(series: dict[str, dict[str, dict]], metric: str, column: str):
+    """A metric per slice value with its bootstrap interval as error bars, one marker series per split
+    (in-distribution and OOD on one axis). `series` is {split: {slice value: {metric, metric_ci, n}}}."""
+    import numpy as np
+
+    from lmreason.evaluation.metrics import slice_sort_key
+
+    values = sorted({v for rows in series.values() for v in rows}, key=slice_sort_key)
+    fig = _new_figure(max(4.5, 0.6 * len(values) + 2.5), 3.6)
+    ax = fig.add_subplot()
+    offsets = np.linspace(-0.12, 0.12, len(series)) if len(series) > 1 else [0.0]
+    for (split, rows), offset in zip(series.items(), offsets):
+        xs = [i + offset for i, v in enumerate(values) if v in rows and rows[v].get(metric) is not None]
+        points = [rows[v] for v in values if v in rows and rows[v].get(metric) is not None]
+        ys = [p[metric] for p in points]
+        cis = [p.get(f"{metric}_ci") or [p[metric], p[metric]] for p in points]
+        errors = [[y - lo for y, (lo, _) in zip(ys, cis)], [hi - y for y, (_, hi) in zip(ys, cis)]]
+        ax.errorbar(xs, ys, yerr=errors, fmt="o-", capsize=4, label=split)
+    ax.set_xticks(range(len(values)), labels=values)
+    ax.set_xlabel(column)
+    ax.set_ylabel(metric)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(f"{metric} by {column} (bars: 95% bootstrap CI)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def curves_figure(curves: dict[str, list[tuple[float, float]]], title: str):
+    """Training curves: one panel per tag ({"train/loss": [(step, value), ...], "val/acc": ...})."""
+    tags = list(curves)
+    fig = _new_figure(4.0 * max(len(tags), 1), 3.2)
+    for k, tag in enumerate(tags):
+        ax = fig.add_subplot(1, len(tags), k + 1)
+        steps, values = zip(*curves[tag]) if curves[tag] else ((), ())
+        ax.plot(steps, values, marker="." if len(steps) < 30 else None)
+        ax.set_title(tag)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def figure_data_uri(fig) -> str:
+    """The figure as an SVG data URI for an <img> (self-contained: no file next to the page, nothing fetched;
+    each figure its own document, so matplotlib's element ids cannot clash between figures)."""
+    import base64
+    import io
+
+    from matplotlib import rc_context
+
+    buffer = io.BytesIO()
+    with rc_context({"svg.hashsalt": "lmreason", "svg.fonttype": "path"}):  # same figure, same bytes
+        fig.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None})
+    return "data:image/svg+xml;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")

@@ -101,13 +101,17 @@ def gap_rich_table(
 
     "OOD worse by" has one sign for every metric: positive (red) = OOD is worse — lower
     accuracy/F1/score, higher ECE/loss/perplexity —, negative (green) = OOD is better.
-    ``about``: what the OOD split is (a caption).
+    ``about``: what the OOD split is (a caption). Rows with an ``ood_worse_by_ci`` (bootstrap, both splits
+    resampled) show it; a difference whose interval contains 0 reads "within noise".
     """
     table = Table(title="in-distribution vs OOD", title_justify="left", caption=about, caption_justify="left")
     table.add_column("metric", style="bold")
     table.add_column(f"in-distribution ({id_name})", justify="right")
     table.add_column(f"OOD ({ood_name})", justify="right")
     table.add_column("OOD worse by", justify="right")
+    with_ci = any(row.get("ood_worse_by_ci") for row in gap.values())
+    if with_ci:
+        table.add_column("95% CI", justify="right")
     table.add_column("reading")
     for key, row in gap.items():
         value = row.get("ood_worse_by")
@@ -120,7 +124,13 @@ def gap_rich_table(
                 reading = f"[{colour}]{'OOD worse' if value > 0 else 'OOD better'}[/]"
             else:
                 reading = "equal"
-        table.add_row(key, _fmt(row["in_distribution"]), _fmt(row["ood"]), text, reading)
+        ci = row.get("ood_worse_by_ci")
+        if ci is not None and value:
+            real = ci[0] > 0 or ci[1] < 0
+            reading += "" if real else " [dim](within noise: CI contains 0)[/]"
+        cells = [_fmt(row["in_distribution"]), _fmt(row["ood"]), text]
+        cells += [f"[{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else "—"] if with_ci else []
+        table.add_row(key, *cells, reading)
     return table
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from lmreason.evaluation.outputs import save_classification_figures, write_json, write_jsonl
+from lmreason.evaluation.per_example import classification_examples, generation_examples
 from lmreason.evaluation.predict import InferenceSession, predict_split, reference_loss
 
 # Metrics compared between the evaluated split and OOD, per task.
@@ -60,6 +61,14 @@ def evaluate_classification(session: InferenceSession, task, request: SplitReque
     metrics["reliability"] = reliability_bins(probs.max(axis=1), probs.argmax(axis=1) == labels)
     metrics["slices"] = {col: slice_metrics(labels, probs, dataset[col], model_labels) for col in request.slice_columns}
     metrics["split"] = request.name
+    examples = classification_examples(
+        dataset["text"],
+        [model_labels[i] for i in labels],
+        probs.argmax(axis=1) == labels,
+        probs.max(axis=1),
+        _columns(request),
+    )
+    _add_intervals(metrics, examples, request.slice_columns)
     save_classification_figures(metrics, model_labels, request.name, request.out_dir)
     choice, texts = probs.argmax(axis=1), dataset["text"]
     rows = [
@@ -103,6 +112,8 @@ def evaluate_generation(session: InferenceSession, task, request: SplitRequest) 
         "generation": {k: gen[k] for k in ("do_sample", "max_new_tokens", "temperature", "top_p", "batch_size")},
         "slices": {col: generation_slices(correct, scores, dataset[col]) for col in request.slice_columns},
     }
+    examples = generation_examples(dataset["prompt"], dataset["completion"], correct, scores, _columns(request))
+    _add_intervals(metrics, examples, request.slice_columns)
     rows = [
         {
             "prompt": prompt,
@@ -117,6 +128,20 @@ def evaluate_generation(session: InferenceSession, task, request: SplitRequest) 
     tables += [generation_slices_table(slices, col) for col, slices in metrics["slices"].items()]
     _write_and_show(request, metrics, ("generations.jsonl", rows), tables)
     return metrics
+
+
+def _columns(request: SplitRequest) -> dict[str, list]:
+    return {c: list(request.dataset[c]) for c in request.slice_columns}
+
+
+def _add_intervals(metrics: dict, examples, slice_columns: list[str]) -> None:
+    """95% bootstrap intervals of the headline metrics (acc_ci, ece_ci / exact_match_ci, score_ci) and of
+    each slice's (lmreason/evaluation/statistics.py): over the examples evaluated."""
+    from lmreason.evaluation.per_example import add_slice_cis, metric_cis
+
+    metrics.update(metric_cis(examples))
+    for column in slice_columns:
+        add_slice_cis(metrics["slices"][column], examples, column)
 
 
 def _write_and_show(request: SplitRequest, metrics: dict, records: tuple[str, list[dict]], tables: list) -> None:

@@ -93,7 +93,30 @@ def sweep_report(sweep_dir) -> dict:
     else:
         console.print("[yellow]no run has finished with a finite validation metric yet[/]")
     console.print(f"written: {root / 'sweep_report.csv'} and {root / 'sweep_report.json'}")
+    report["comparison_page"] = _comparison_page(root, run_dirs)
     return report
+
+
+def _comparison_page(root: Path, run_dirs: list[Path]) -> str | None:
+    """compare.html in the sweep dir over the runs that were evaluated (the first of them is the baseline);
+    the reason on the terminal when there are fewer than two, or they are not comparable."""
+    from lmreason.evaluation.compare import compare_runs, write_comparison
+    from lmreason.ui import console
+
+    evaluated = [d for d in run_dirs if any((d / "eval").glob("*/*.jsonl"))]
+    if len(evaluated) < 2:
+        console.print(
+            f"[dim]no comparison page: {len(evaluated)} run(s) evaluated; "
+            "evaluate each with lmreason evaluate run=<job dir>, then run this again[/]"
+        )
+        return None
+    try:
+        page = write_comparison(compare_runs([str(d) for d in evaluated]), root)
+    except UserError as exc:
+        console.print(f"[yellow]no comparison page[/]: {exc}")
+        return None
+    console.print(f"comparison: [link=file://{page.resolve()}]file://{page.resolve()}[/link]")
+    return str(page)
 
 
 def find_run_dirs(root: Path, depth: int = 3) -> list[Path]:
