@@ -11,7 +11,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import finetune_in_process, read_json, run_command, tiny_bert_classifier, write_sentiment_csv
+from conftest import (
+    assert_one_line_error,
+    finetune_in_process,
+    read_json,
+    run_cli,
+    run_command,
+    tiny_bert_classifier,
+    write_sentiment_csv,
+)
 from omegaconf import OmegaConf
 
 from lmreason.errors import UserError
@@ -293,13 +301,21 @@ def test_bad_adversarial_values_fail_with_one_line_before_any_data_is_read(overr
             "regularization=[l2,adversarial]", *overrides,
         )  # fmt: skip
     assert expected in str(exc.value) and "\n" not in str(exc.value)
-    assert not (tmp_path / "run").exists()
 
 
 def test_an_unknown_method_fails_at_compose_time(tmp_path, cache_dir):
     from hydra.errors import ConfigCompositionException
 
-    with pytest.raises(ConfigCompositionException, match="fgm, pgd, freelb"):
+    with pytest.raises(ConfigCompositionException, match="regularization.adversarial.method=fgsm") as exc:
         finetune_in_process(
             tmp_path / "run", cache_dir, "regularization=adversarial", "regularization.adversarial.method=fgsm"
         )
+    assert "expected one of [fgm, pgd, freelb]" in str(exc.value.__cause__)
+
+
+def test_the_cli_prints_a_bad_epsilon_as_one_line(tmp_path, cache_dir):
+    proc = run_cli(
+        "finetune", "regularization=[l2,adversarial]", "regularization.adversarial.epsilon=-0.5",
+        cache_dir=cache_dir, cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert_one_line_error(proc, "regularization.adversarial.epsilon=-0.5: the perturbation's L2 bound must be > 0")
