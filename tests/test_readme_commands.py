@@ -41,6 +41,9 @@ SKIPPED = {
     r"^tensorboard ": "TensorBoard's own server, not lmreason (tests/test_finetune.py reads the runs' event files)",
     r"^lmreason .*hydra/launcher=slurm": "submits to SLURM, which this machine has not "
     "(tests/test_sweeps.py composes it)",
+    r"^lmreason finetune 'regularization=\[l2,adversarial\]'": "2-4x the passes of a plain run, and run here "
+    "they would become the run later run=<run_dir> lines evaluate; tests/test_adversarial.py trains with these "
+    "options (fgm, pgd, freelb, with l2) on tiny-bert and tiny-gpt",
 }
 
 # --------------------------------------------------------------------------- substitutions (slow or networked -> small)
