@@ -319,3 +319,24 @@ def test_the_cli_prints_a_bad_epsilon_as_one_line(tmp_path, cache_dir):
         cache_dir=cache_dir, cwd=tmp_path, check=False,
     )  # fmt: skip
     assert_one_line_error(proc, "regularization.adversarial.epsilon=-0.5: the perturbation's L2 bound must be > 0")
+
+
+@pytest.mark.slow  # torchrun: two processes
+def test_two_process_ddp_with_pgd_matches_one_process(tmp_path, cache_dir):
+    from test_distributed import COMMON, GLOBAL_BATCH, assert_same_training, torchrun
+
+    data = write_sentiment_csv(tmp_path / "data.csv", 60, seed=21)
+    adversarial = [
+        "regularization=adversarial",
+        "regularization.adversarial.method=pgd",
+        "regularization.adversarial.steps=2",
+    ]
+    ddp = [*COMMON, *adversarial, f"data.path={data}"]
+    run_command(
+        "finetune", *ddp, f"train.batch_size={GLOBAL_BATCH}", output_dir=tmp_path / "single", cache_dir=cache_dir
+    )
+    (tmp_path / "ddp").mkdir()
+    torchrun("finetune", *ddp, f"train.batch_size={GLOBAL_BATCH // 2}", cache_dir=cache_dir, cwd=tmp_path / "ddp")
+    (run_dir,) = [p for p in (tmp_path / "ddp" / "outputs" / "finetune").glob("*/*") if p.is_dir()]
+    assert read_json(run_dir / "metrics.json")["adversarial"].startswith("pgd eps 1, K 2")
+    assert_same_training(run_dir, tmp_path / "single")  # the attack per example: the same on a rank's share
