@@ -222,7 +222,7 @@ def test_fgm_with_epsilon_zero_gives_exactly_the_weights_of_the_plain_run(
     assert not all(torch.equal(plain[k], changed[k]) for k in plain)
 
 
-def test_cls_trains_with_l2_and_pgd_and_logs_the_adversarial_loss(tmp_path, cache_dir, capsys):
+def test_cls_trains_with_l2_and_pgd_in_bf16_and_logs_the_adversarial_loss(tmp_path, cache_dir, capsys):
     data = write_sentiment_csv(tmp_path / "data.csv", 80, seed=6)
     results = finetune_in_process(
         tmp_path / "run",
@@ -234,8 +234,9 @@ def test_cls_trains_with_l2_and_pgd_and_logs_the_adversarial_loss(tmp_path, cach
         "regularization=[l2,adversarial]",
         "regularization.adversarial.method=pgd",
         "regularization.adversarial.steps=2",
+        "device.precision=bf16",  # autocast: the perturbation joins the embedding output in its dtype
     )
-    assert results["status"] == "completed" and results["steps"] == 4
+    assert results["status"] == "completed" and results["steps"] == 4 and results["precision"] == "bf16"
     assert results["adversarial"] == "pgd eps 1, K 2, step 0.5, weight 0.5: 3 forward + 3 backward per micro-batch"
     assert "pgd eps 1, K 2" in capsys.readouterr().out  # the banner names it with its cost
     cfg = OmegaConf.load(tmp_path / "run" / "checkpoints" / "last" / "config.yaml")
