@@ -112,6 +112,12 @@ class Exporter(StrEnum):  # export.exporter: which torch.onnx exporter writes th
     dynamo = "dynamo"
 
 
+class AdversarialMethod(StrEnum):  # what lmreason.training.adversarial computes
+    fgm = "fgm"  # one step of length epsilon along the normalised gradient (Miyato et al. 2017)
+    pgd = "pgd"  # K projected ascent steps; trains on the last perturbation only (Madry et al. 2018)
+    freelb = "freelb"  # K projected ascent steps; trains on every one of them, averaged (Zhu et al. 2020)
+
+
 class NonFinitePolicy(StrEnum):
     stop = "stop"  # keep the last good checkpoint and end the run
     skip = "skip"  # drop the step's update and go on
@@ -231,6 +237,17 @@ class SchedulerConfig:
 
 
 @dataclass
+class AdversarialConfig:
+    """Perturbations of the word-embedding output in the training loop (lmreason.training.adversarial)."""
+
+    method: AdversarialMethod = AdversarialMethod.fgm
+    epsilon: float = 1.0
+    steps: int = 3
+    step_size: Optional[float] = None
+    weight: float = 0.5
+
+
+@dataclass
 class RegularizationConfig:
     weight_decay: float = 0.0
     hidden_dropout: Optional[float] = None
@@ -238,6 +255,7 @@ class RegularizationConfig:
     freeze_embeddings: bool = False
     freeze_layers: int = 0
     freeze_all_but_head: bool = False
+    adversarial: Optional[AdversarialConfig] = None  # regularization=adversarial: off unless that option is chosen
 
 
 @dataclass

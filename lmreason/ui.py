@@ -60,6 +60,7 @@ def render_banner(recipe, out: Console = console) -> None:
         f"weight decay {cfg.regularization.weight_decay:g}",
         "device": f"{recipe.device} ({recipe.precision}, {_threads()})",
         "fast paths": recipe.fast_paths.describe(),
+        **({"adversarial": recipe.adversarial.describe()} if getattr(recipe, "adversarial", None) else {}),
         "early stopping": (
             f"{t.early_stopping.monitor} ({t.early_stopping.mode}), patience {t.early_stopping.patience}"
             if t.early_stopping.enabled

@@ -203,6 +203,31 @@ def _check_optimization(opt_cfg: DictConfig, sched_cfg: DictConfig, reg_cfg: Dic
         value = reg_cfg[key]
         if value is not None and not 0.0 <= value < 1.0:
             raise UserError(f"regularization.{key}={value}: a dropout probability must be in [0, 1)")
+    if reg_cfg.get("adversarial") is not None:
+        _check_adversarial(reg_cfg.adversarial)
+
+
+def _check_adversarial(adv: DictConfig) -> None:
+    key = "regularization.adversarial"
+    if not adv.epsilon > 0:
+        raise UserError(
+            f"{key}.epsilon={adv.epsilon}: the perturbation's L2 bound must be > 0 (e.g. 1.0); "
+            "to train without it drop adversarial from regularization="
+        )
+    if adv.steps < 1:
+        raise UserError(f"{key}.steps={adv.steps}: pgd and freelb take K >= 1 ascent steps (e.g. 3)")
+    if adv.step_size is not None and not adv.step_size > 0:
+        raise UserError(f"{key}.step_size={adv.step_size}: must be > 0 (or null: epsilon / steps)")
+    if adv.step_size is not None and adv.method == "fgm":
+        raise UserError(
+            f"{key}.step_size={adv.step_size} with method=fgm: FGM takes one step of length epsilon; "
+            "set step_size=null or use method=pgd / freelb"
+        )
+    if not 0.0 < adv.weight < 1.0:
+        raise UserError(
+            f"{key}.weight={adv.weight}: the adversarial loss's share must be in (0, 1) (0.5: the mean of "
+            "the clean and the adversarial loss)"
+        )
 
 
 def _check_device(device_cfg: DictConfig) -> None:

@@ -43,6 +43,9 @@ SKIPPED = {
     "(tests/test_sweeps.py composes it)",
     r"^lmreason evaluate compare=": "needs two evaluated runs of the same data; tests/test_report_page.py runs "
     "compare= on evaluated runs",
+    r"^lmreason finetune 'regularization=\[l2,adversarial\]'": "2-4x the passes of a plain run, and run here "
+    "they would become the run later run=<run_dir> lines evaluate; tests/test_adversarial.py trains with these "
+    "options (fgm, pgd, freelb, with l2) on tiny-bert and tiny-gpt",
 }
 
 # --------------------------------------------------------------------------- substitutions (slow or networked -> small)

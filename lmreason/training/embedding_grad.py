@@ -4,8 +4,9 @@ torch's embedding backward allocates a zero-filled (vocab x d) gradient every st
 the batch's rows into it. For MiniLM that is a 47 MB tensor (30,522 x 384) of which a batch
 touches a few hundred rows; on the CPU its allocation and fill (page faults included) took
 ~12 ms of a ~210 ms training step. Here the gradient lives in one buffer kept across steps:
-a backward adds its rows into it (`index_add_`), and when the optimizer has reset the gradient
-(`zero_grad(set_to_none=True)`) only the rows written since are zeroed.
+a backward sums its rows (`index_add_` into a small (rows x d) tensor) and adds the sums into
+it, and when the optimizer has reset the gradient (`zero_grad(set_to_none=True)`) only the rows
+written since are zeroed.
 
 What differs from torch's backward: the embedding weight's `.grad` is the same tensor object
 at every step (the buffer persists across steps and holds (vocab x d) memory between them);
@@ -52,9 +53,14 @@ class RowGradient:
         if self.padding_idx is not None:  # as torch's backward: the padding row gets no gradient
             keep = rows != self.padding_idx
             rows, values = rows[keep], values[keep]
-        weight.grad.index_add_(0, rows, values)
+        # As torch's backward then AccumulateGrad: this backward's rows summed first, then added to the gradient.
+        # Several backward passes into one step (accumulation, adversarial training) then sum as torch sums them:
+        # 0.5 g + 0.5 g is g exactly, where adding each occurrence into the buffer directly rounded differently.
+        unique, inverse = rows.unique(return_inverse=True)
+        sums = values.new_zeros((len(unique), weight.shape[1])).index_add_(0, inverse, values)
+        weight.grad.index_add_(0, unique, sums)
         if weight.grad is self.buffer:
-            self.written.append(rows)
+            self.written.append(unique)
 
 
 class _Lookup(torch.autograd.Function):

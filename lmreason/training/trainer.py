@@ -125,6 +125,8 @@ class FinetuneRecipe:
             self.model, self.device, self.dist.world_size, enabled=cfg.device.fast_paths, training=True
         )
         self.model_for_training = self.dist.wrap(self.model)
+        self.adversarial = adversarial_settings(cfg.regularization)  # None unless regularization=adversarial
+        self.embedding = self.model.get_input_embeddings() if self.adversarial else None
 
         t = cfg.train
         self.micro_batches_per_epoch = math.ceil(len(self.train_split) / (t.batch_size * self.dist.world_size))
@@ -161,6 +163,8 @@ class FinetuneRecipe:
             + (f", resuming at {self.step}" if self.step else ""),
             f"device: {self.device} ({self.precision}); seed {cfg.seed}",
         ]
+        if self.adversarial:
+            lines.append(f"adversarial training: {self.adversarial.describe()}")
         for line in lines:
             log.info(line, extra=FILE_ONLY)
 
@@ -216,7 +220,6 @@ class FinetuneRecipe:
     def train(self) -> dict:
         import torch
 
-        from lmreason.training.device import autocast
         from lmreason.training.progress import TrainingProgress
 
         t = self.cfg.train
@@ -231,6 +234,7 @@ class FinetuneRecipe:
         status = "early_stopped" if self.early_stopping.should_stop else "completed"
         self._write_metrics("running", 0.0, 0, 0)  # a sweep report tells a started run from a dead one
         accum_loss = torch.zeros((), device=self.device)
+        accum_adv_loss = torch.zeros((), device=self.device)  # regularization.adversarial's L_adv
         last_grad_norm = float("nan")
         while self.step < self.total_steps and status == "completed":
             batches = self._epoch_batches(self.epoch)
@@ -238,21 +242,15 @@ class FinetuneRecipe:
             while i < len(batches):
                 group = batches[i : min(i + t.grad_accum_steps, len(batches))]
                 accum_loss.zero_()
+                accum_adv_loss.zero_()
                 for k, (indices, weight, global_size) in enumerate(group):
                     batch = to_device(self.train_split.collate(indices), self.device)
-                    # DDP: synchronise gradients only on the last micro-batch of the group.
-                    with (
-                        self.dist.no_sync_unless(self.model_for_training, k == len(group) - 1),
-                        autocast(self.device, self.precision),
-                    ):
-                        loss, _ = self.task.forward(self.model_for_training, batch)
-                    if fault_point("loss") == "NAN":  # tests: a non-finite loss (LMREASON_FAULT_AT=loss:<n>:NAN)
-                        loss = loss * float("nan")
                     # mean over the group's micro-batches; `weight` (1 in one process) makes DDP's gradient
                     # average the global batch's mean (see Distributed.shard)
-                    scaled = loss * weight / len(group)
-                    (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-                    accum_loss += scaled.detach()
+                    scaled, adv_scaled = self._micro_batch(batch, weight, len(group), k == len(group) - 1)
+                    accum_loss += scaled
+                    if adv_scaled is not None:
+                        accum_adv_loss += adv_scaled
                     samples += global_size
                     # real (non-pad) tokens from the host-side lengths: no device sync per micro-batch
                     tokens += int(self.train_split.lengths[indices].sum()) * self.dist.world_size  # estimate under DDP
@@ -300,7 +298,8 @@ class FinetuneRecipe:
                     window_start, window_samples = now, 0
                     last_grad_norm = float(grad_norm)
                     train_loss = float(self.dist.mean(accum_loss))  # DDP: the global batch's loss, not this rank's
-                    self._log_train(train_loss, last_grad_norm, rate)
+                    adv_loss = float(self.dist.mean(accum_adv_loss)) if self.adversarial else None
+                    self._log_train(train_loss, last_grad_norm, rate, adv_loss)
                     progress.update(self.step, loss=train_loss, lr=self.scheduler.get_last_lr()[0])
                 else:
                     progress.update(self.step)
@@ -334,6 +333,36 @@ class FinetuneRecipe:
         return self._write_metrics(
             "early_stopped" if self.early_stopping.should_stop else "completed", wall, samples, tokens
         )
+
+    def _micro_batch(self, batch: dict, weight: float, group_size: int, last: bool):
+        """Forward and backward of one micro-batch: (its clean loss, its adversarial loss or None), each
+        x weight / group_size, detached. DDP synchronises gradients only in the last pass of the `last` one."""
+        import contextlib
+
+        from lmreason.training.device import autocast
+
+        def forward(final: bool):
+            with (
+                self.dist.no_sync_unless(self.model_for_training, last and final),
+                autocast(self.device, self.precision),
+            ):
+                loss, _ = self.task.forward(self.model_for_training, batch)
+            return loss * weight / group_size
+
+        def loss_scale(loss):
+            return self.scaler.scale(loss) if self.scaler else loss
+
+        adversarial = self.adversarial
+        attack = adversarial.attack(self.embedding, batch["attention_mask"]) if adversarial else None
+        with attack or contextlib.nullcontext():
+            scaled = forward(final=attack is None)
+            if fault_point("loss") == "NAN":  # tests: a non-finite loss (LMREASON_FAULT_AT=loss:<n>:NAN)
+                scaled = scaled * float("nan")
+            if attack is None:
+                loss_scale(scaled).backward()
+                return scaled.detach(), None
+            adv_scaled = attack.train(scaled, forward, loss_scale)  # (1 - w) clean + w adversarial
+        return scaled.detach(), adv_scaled
 
     def _discard_gradients(self) -> None:
         """Drop non-finite gradients. Zeroed in place first: clipping scaled every element by NaN,
@@ -480,10 +509,12 @@ class FinetuneRecipe:
         if self.dist.is_main:
             ckpt.link_checkpoint(self.run_dir / "checkpoints" / "last", self.run_dir / "checkpoints" / "best")
 
-    def _log_train(self, loss: float, grad_norm: float, samples_per_s: float) -> None:
+    def _log_train(self, loss: float, grad_norm: float, samples_per_s: float, adv_loss: float | None) -> None:
         if not self.writer:
             return
-        self.writer.add_scalar("train/loss", loss, self.step)
+        self.writer.add_scalar("train/loss", loss, self.step)  # the clean loss (with adversarial training too)
+        if adv_loss is not None:
+            self.writer.add_scalar("train/adv_loss", adv_loss, self.step)
         self.writer.add_scalar("train/lr", self.scheduler.get_last_lr()[0], self.step)
         self.writer.add_scalar("train/grad_norm", grad_norm, self.step)
         self.writer.add_scalar("train/samples_per_s", samples_per_s, self.step)
@@ -516,6 +547,7 @@ class FinetuneRecipe:
             "precision": self.precision,
             "world_size": self.dist.world_size,
             "fast_paths": self.fast_paths.as_dict(),  # {applied: [...], skipped: {name: why}}
+            "adversarial": self.adversarial.describe() if self.adversarial else None,  # method and its passes
             "history": self.history,
             # who writes it, and when: tells a sweep report a live "running" run from a killed one
             "process": {"host": socket.gethostname(), "pid": os.getpid(), "updated_at": time.time()},
@@ -551,6 +583,7 @@ class FinetuneRecipe:
             "scheduler": cfg.scheduler.name,
             "warmup": cfg.scheduler.warmup_steps,
             "weight_decay": cfg.regularization.weight_decay,
+            "adversarial": self.adversarial.method if self.adversarial else "none",
             "batch_size": cfg.train.batch_size,
             "grad_accum": cfg.train.grad_accum_steps,
             "precision": self.precision,
@@ -564,6 +597,15 @@ class FinetuneRecipe:
         if getattr(self, "writer", None):
             self.writer.close()
         self.dist.cleanup()
+
+
+def adversarial_settings(reg_cfg):
+    """regularization.adversarial as resolved settings, or None when adversarial training is off."""
+    if reg_cfg.get("adversarial") is None:
+        return None
+    from lmreason.training.adversarial import AdversarialSettings
+
+    return AdversarialSettings.from_config(reg_cfg.adversarial)
 
 
 def _fault_point_after_first(batches, name: str):
