@@ -47,9 +47,7 @@ def augmentation_line(report: dict) -> str:
     """'augmentation (train only): eda +40 (random_swap 12, ...); train 100 -> 140 rows; dropped: duplicate 3'."""
     parts = []
     for method, added in report["methods"].items():
-        ops = [
-            f"{key.split('/', 1)[1]} {n}" for key, n in report["operations"].items() if key.startswith(f"{method}/")
-        ]
+        ops = [f"{key.split('/', 1)[1]} {n}" for key, n in report["operations"].items() if key.startswith(f"{method}/")]
         parts.append(f"{method} +{added:,}" + (f" ({', '.join(ops)})" if ops else ""))
     dropped = ", ".join(f"{why.replace('_', ' ')} {n:,}" for why, n in report["dropped"].items())
     return (
