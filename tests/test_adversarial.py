@@ -202,6 +202,7 @@ def test_fgm_with_epsilon_zero_gives_exactly_the_weights_of_the_plain_run(
     # no dropout: both forwards of a micro-batch must compute the same (tiny-gpt has none to turn off)
     plain_reg, adv_reg = ("dropout", "[dropout,adversarial]") if task == "cls" else ("none", "adversarial")
     common = [*base, "train.max_steps=3", "train.early_stopping.enabled=false", f"device.fast_paths={fast_paths}"]
+    common += ["device.threads=1"]  # bit for bit needs the same reduction order: a busy machine would change it
     common += NO_DROPOUT if task == "cls" else []
     run_command("finetune", *common, f"regularization={plain_reg}", output_dir=tmp_path / "plain", cache_dir=cache_dir)
     monkeypatch.setattr(finetune, "validate", lambda command, cfg: None)  # epsilon 0 is refused by validate
@@ -271,6 +272,7 @@ def test_resume_after_an_interruption_gives_the_weights_of_an_uninterrupted_run(
         "regularization=[dropout,adversarial]",  # dropout: the extra forwards draw masks a resume must replay
         "regularization.adversarial.method=pgd",
         "regularization.adversarial.steps=2",
+        "device.threads=1",  # bit for bit needs the same reduction order in every run, however busy the machine
     ]
     finetune_in_process(tmp_path / "whole", cache_dir, *run)
     monkeypatch.setenv("LMREASON_FAULT_AT", "train_step:3:STOP")
