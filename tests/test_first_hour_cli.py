@@ -290,7 +290,13 @@ def test_help_examples_compose():
         ]
         assert 3 <= len(examples) <= 6, command
         for example in examples:
-            for placeholder, value in (("<run dir>", "r"), ("<model dir>", "m"), ("<multirun dir>", "s")):
+            for placeholder, value in (
+                ("<run dir>", "r"),
+                ("<model dir>", "m"),
+                ("<multirun dir>", "s"),
+                ("<baseline run>", "a"),
+                ("<run>", "b"),
+            ):
                 example = example.replace(placeholder, value)
             words = shlex.split(example, comments=True)
             overrides = [w for w in words[2:] if w != "-m"]
