@@ -48,16 +48,18 @@ def save_classification_figures(metrics: dict, label_names: list[str], split: st
     )
 
 
-def log_to_tensorboard(run_dir: Path, results: dict) -> None:
-    """Each split's headline metrics (step 0) and figures into the run's TensorBoard events."""
+def log_to_tensorboard(run_dir: Path, results: dict, prefix: str = ".") -> None:
+    """Each split's headline metrics (step 0) and figures into the run's TensorBoard events
+    (`prefix`: a multi-task head's name, so heads' `test/acc` stay apart as `<head>/test/acc`)."""
     from torch.utils.tensorboard import SummaryWriter
 
     from lmreason.evaluation.plots import confusion_figure, reliability_figure
 
     writer = SummaryWriter(log_dir=str(Path(run_dir) / "tb"))
-    for split, metrics in results.items():
-        if split == "gap":
+    for name, metrics in results.items():
+        if name == "gap":
             continue
+        split = name if prefix in (".", "") else f"{prefix}/{name}"
         for key in ("acc", "f1_macro", "ece", "loss", "exact_match", "perplexity"):
             if isinstance(metrics.get(key), (int, float)):
                 writer.add_scalar(f"{split}/{key}", metrics[key], 0)
