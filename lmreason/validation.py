@@ -60,7 +60,9 @@ def validate_finetune(cfg: DictConfig) -> None:
                 "(use model=bert or model=tiny-bert; a generation sub-task is not supported)"
             )
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise UserError("task=multi runs in one process (DDP would need unused-head handling); start it without torchrun")
+            raise UserError(
+                "task=multi runs in one process (DDP would need unused-head handling); start it without torchrun"
+            )
     if cfg.model.lora.enabled and cfg.task.name != "gen":
         raise UserError("model.lora.enabled=true is supported with task=gen; turn it off for task=cls")
 

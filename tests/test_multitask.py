@@ -18,7 +18,11 @@ SYLLOGISM = "syllogism: {data: reasoning, sizes: {train: 96, validation: 32, tes
 def write_topic_csv(path: Path, n: int = 120, seed: int = 0) -> Path:
     """Three labels (its own label set, unlike the sentiment task's 0/1): the noun decides the topic."""
     rng = random.Random(seed)
-    words = {"sport": ["match", "goal", "team"], "money": ["bank", "price", "market"], "science": ["atom", "cell", "lab"]}
+    words = {
+        "sport": ["match", "goal", "team"],
+        "money": ["bank", "price", "market"],
+        "science": ["atom", "cell", "lab"],
+    }
     lines = ["text,label"]
     for i in range(n):
         label = list(words)[i % 3]
@@ -166,7 +170,11 @@ def test_an_exported_head_reproduces_the_runs_validation_numbers(multi_run, tmp_
     last = multi_run / "checkpoints" / "last"
     logged = read_json(last / "lmreason.json")["metrics"]
     results = run_command(
-        "evaluate", f"checkpoint={last / 'heads' / 'sent'}", "split=validation", output_dir=tmp_path, cache_dir=cache_dir
+        "evaluate",
+        f"checkpoint={last / 'heads' / 'sent'}",
+        "split=validation",
+        output_dir=tmp_path,
+        cache_dir=cache_dir,
     )
     assert results["validation"]["acc"] == pytest.approx(logged["val/sent/acc"])
     assert results["validation"]["loss"] == pytest.approx(logged["val/sent/loss"], abs=1e-5)
@@ -205,7 +213,10 @@ def test_evaluate_one_head_and_a_head_that_does_not_exist(multi_run, tmp_path, c
         ("{nli-1: {data: reasoning}, nli_1: {data: reasoning}}", "names nli-1 and nli_1 clash"),
         ("{a: {data: reasoning}, b: {data: lokal}}", "task.tasks.b.data=lokal: not a data option; choose one of"),
         ("{a: {data: reasoning}, b: {path: x.csv}}", "task.tasks.b: give the data option it uses"),
-        ("{a: {data: reasoning}, b: {data: local, pth: x.csv}}", r"task.tasks.b.pth: Key 'pth' not in 'LocalDataConfig'"),
+        (
+            "{a: {data: reasoning}, b: {data: local, pth: x.csv}}",
+            r"task.tasks.b.pth: Key 'pth' not in 'LocalDataConfig'",
+        ),
         ("{a: {data: reasoning}, b: {data: local}}", "task.tasks.b.path is required by data=local"),
         ("{a: {data: reasoning, task: nope}, b: {data: reasoning}}", "task.tasks.a: "),
     ],
@@ -220,9 +231,18 @@ def test_bad_multitask_configs_fail_in_one_line_before_any_data_is_prepared(tmp_
 
 def test_bad_sampling_and_monitor(tmp_path, multi_data):
     with pytest.raises(UserError, match=r"task.temperature=0.0: must be > 0"):
-        finetune_in_process(tmp_path / "r", tmp_path, "task=multi", tasks_override(multi_data), "task.sampling=temperature", "task.temperature=0")
+        finetune_in_process(
+            tmp_path / "r",
+            tmp_path,
+            "task=multi",
+            tasks_override(multi_data),
+            "task.sampling=temperature",
+            "task.temperature=0",
+        )
     with pytest.raises(UserError, match=r"task.monitor=val/rte/acc: not a multi-task metric"):
-        finetune_in_process(tmp_path / "r", tmp_path, "task=multi", tasks_override(multi_data), "task.monitor=val/rte/acc")
+        finetune_in_process(
+            tmp_path / "r", tmp_path, "task=multi", tasks_override(multi_data), "task.monitor=val/rte/acc"
+        )
     from hydra.errors import ConfigCompositionException
 
     with pytest.raises(ConfigCompositionException) as exc:  # a closed choice: Hydra refuses it at compose time

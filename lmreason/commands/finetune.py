@@ -132,7 +132,8 @@ def _local_model_path(name: str | None) -> bool:
 
 def absolute_paths(cfg: DictConfig) -> None:
     """Resolve the path-valued keys against this process's cwd, in place: data.path (and task=multi's
-    task.tasks.<name>.path), cache_dir, output_dir, resume, and model.name_or_path / model.tokenizer when they name a local path (a hub
+    task.tasks.<name>.path), cache_dir, output_dir, resume, and model.name_or_path / model.tokenizer
+    when they name a local path (a hub
     id is left alone). `~` is expanded; symlinks are kept as the user wrote them."""
     keys = ["cache_dir", "output_dir", "resume", "data.path"]
     keys += [k for k in ("model.name_or_path", "model.tokenizer") if _local_model_path(OmegaConf.select(cfg, k))]

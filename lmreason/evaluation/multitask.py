@@ -32,18 +32,25 @@ def heads_to_evaluate(cfg: DictConfig, checkpoint_dir: Path) -> list[str] | None
     if cfg.get("head"):
         if cfg.head not in heads:
             raise UserError(
-                f"head={cfg.head}: no such head in {checkpoint_dir}; its heads are {', '.join(heads)} (or leave head unset)"
+                f"head={cfg.head}: no such head in {checkpoint_dir}; its heads are {', '.join(heads)} "
+                "(or leave head unset)"
             )
         heads = [str(cfg.head)]
     if cfg.get("data") is not None and len(heads) > 1:
         raise UserError(
-            f"data= with a multi-task run: say which head reads it, head=<{'|'.join(heads)}> (each head has its own labels)"
+            f"data= with a multi-task run: say which head reads it, head=<{'|'.join(heads)}> "
+            "(each head has its own labels)"
         )
     return heads
 
 
 def evaluate_heads(
-    cfg: DictConfig, checkpoint_dir: Path, run_dir: Path | None, out_root: Path, heads: list[str], evaluate_model: Callable
+    cfg: DictConfig,
+    checkpoint_dir: Path,
+    run_dir: Path | None,
+    out_root: Path,
+    heads: list[str],
+    evaluate_model: Callable,
 ) -> dict:
     """{head: that head's evaluate results} and eval/multitask.json; `evaluate_model` is evaluate's own."""
     from lmreason.evaluation.outputs import write_json

@@ -108,7 +108,10 @@ class MultiTask:
     def build_model(self, cfg, label_names: dict):
         from lmreason.models.loading import build_classifier
 
-        heads = {name: build_classifier(cfg.model, label_names[name], cfg.cache_dir, cfg.get("regularization")) for name in self.names}
+        heads = {
+            name: build_classifier(cfg.model, label_names[name], cfg.cache_dir, cfg.get("regularization"))
+            for name in self.names
+        }
         return MultiTaskForSequenceClassification.sharing_one_encoder(heads)
 
     def load_model(self, checkpoint, cfg):
@@ -122,7 +125,7 @@ class MultiTask:
         from lmreason.training.checkpoint import save_checkpoint
 
         extras = {}
-        for name, head in zip(self.names, model.heads):
+        for name in self.names:
             head_meta = {**meta, "task": "cls", "label_names": meta["label_names"][name], "multitask_head": name}
             extras[name] = (OmegaConf.to_yaml(self.head_config(cfg, name), resolve=True), head_meta)
         save_checkpoint(target, _HeadsWriter(model, tokenizer, extras), tokenizer, trainer_state, meta, config_yaml)
@@ -208,7 +211,9 @@ def load_heads(checkpoint: Path, trust_remote_code: bool = False) -> dict:
         }
     except (OSError, ValueError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise UserError(f"{checkpoint}: cannot load its heads ({first}); lmreason loads safetensors weights only") from None
+        raise UserError(
+            f"{checkpoint}: cannot load its heads ({first}); lmreason loads safetensors weights only"
+        ) from None
 
 
 class MultiTaskForSequenceClassification(nn.Module):

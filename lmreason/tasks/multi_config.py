@@ -49,13 +49,15 @@ def check_names(names: list[str]) -> None:
         shown = f"has one task ({names[0]})" if names else "is empty"
         raise UserError(
             f"task.tasks {shown}; multi-task training needs at least two, e.g. "
-            "'task.tasks={syllogism: {data: reasoning}, rte: {data: local, path: ...}}' (one task: use task=cls data=...)"
+            "'task.tasks={syllogism: {data: reasoning}, rte: {data: local, path: ...}}' "
+            "(one task: use task=cls data=...)"
         )
     seen: dict[str, str] = {}
     for name in names:
         if not NAME.fullmatch(name):
             raise UserError(
-                f"task.tasks.{name}: a task name is letters, digits, _ and - (it names val/<task>/acc and heads/<task>/)"
+                f"task.tasks.{name}: a task name is letters, digits, _ and - "
+                "(it names val/<task>/acc and heads/<task>/)"
             )
         other = seen.setdefault(clash_key(name), name)
         if other != name:
@@ -80,7 +82,8 @@ def resolve_tasks(task_cfg: DictConfig) -> list[TaskEntry]:
         entry = tasks[name]
         if not isinstance(entry, (dict, DictConfig)) or "data" not in entry:
             raise UserError(
-                f"task.tasks.{name}: give the data option it uses, e.g. {{data: reasoning}} or {{data: local, path: ...}}"
+                f"task.tasks.{name}: give the data option it uses, "
+                "e.g. {data: reasoning} or {data: local, path: ...}"
             )
         option = str(entry["data"])
         if option not in options:
@@ -102,10 +105,14 @@ def _compose(name: str, option: str, overrides: dict) -> DictConfig:
     except OmegaConfBaseException as exc:
         key = str(getattr(exc, "full_key", None) or getattr(exc, "key", None) or "?").removeprefix("data.")
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"task.tasks.{name}.{key}: {first[:160]} (data={option} keys are those of conf/data/{option}.yaml)") from None
+        raise UserError(
+            f"task.tasks.{name}.{key}: {first[:160]} (data={option} keys are those of conf/data/{option}.yaml)"
+        ) from None
     missing = [k for k in merged if OmegaConf.is_missing(merged, k)]
     if missing:
-        raise UserError(f"task.tasks.{name}.{missing[0]} is required by data={option}; add {missing[0]}: ... to the entry")
+        raise UserError(
+            f"task.tasks.{name}.{missing[0]} is required by data={option}; add {missing[0]}: ... to the entry"
+        )
     return merged
 
 

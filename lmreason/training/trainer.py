@@ -346,9 +346,13 @@ class FinetuneRecipe:
         t = self.cfg.train
         size = t.batch_size * self.dist.world_size
         if hasattr(self.task, "plan_batches"):  # task=multi: single-task batches, shared out by its sampling rule
-            global_batches = self.task.plan_batches(self.data.splits["train"], size, self.cfg.seed, epoch, t.length_grouping)
+            global_batches = self.task.plan_batches(
+                self.data.splits["train"], size, self.cfg.seed, epoch, t.length_grouping
+            )
         else:
-            global_batches = length_grouped_batches(self.train_split.lengths, size, self.cfg.seed, epoch, t.length_grouping)
+            global_batches = length_grouped_batches(
+                self.train_split.lengths, size, self.cfg.seed, epoch, t.length_grouping
+            )
         return [(*self.dist.shard(b), len(b)) for b in global_batches]  # (indices, loss weight, global size)
 
     def _install_signal_handlers(self) -> None:
