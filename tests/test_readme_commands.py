@@ -41,6 +41,10 @@ SKIPPED = {
     r"^tensorboard ": "TensorBoard's own server, not lmreason (tests/test_finetune.py reads the runs' event files)",
     r"^lmreason .*hydra/launcher=slurm": "submits to SLURM, which this machine has not "
     "(tests/test_sweeps.py composes it)",
+    r"^lmreason finetune task=multi ": "multi-task entries compose their own data (the full reasoning sizes, "
+    "../shared/data/rte): tests/test_multitask.py trains task=multi on tiny data",
+    r"^lmreason evaluate (run=<run_dir> head=rte|checkpoint=<run_dir>/checkpoints/best/heads/rte)": "needs a task=multi "
+    "run (skipped above): tests/test_multitask.py evaluates its heads",
 }
 
 # --------------------------------------------------------------------------- substitutions (slow or networked -> small)
