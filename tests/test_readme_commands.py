@@ -43,8 +43,8 @@ SKIPPED = {
     "(tests/test_sweeps.py composes it)",
     r"^lmreason finetune task=multi ": "multi-task entries compose their own data (the full reasoning sizes, "
     "../shared/data/rte): tests/test_multitask.py trains task=multi on tiny data",
-    r"^lmreason evaluate (run=<run.dir> head=rte|checkpoint=<run.dir>/checkpoints/best/heads/rte)": "needs a task=multi "
-    "run (skipped above): tests/test_multitask.py evaluates its heads",
+    r"^lmreason evaluate (run=<run.dir> head=rte|checkpoint=<run.dir>/checkpoints/best/heads/rte)": "needs a "
+    "task=multi run (skipped above): tests/test_multitask.py evaluates its heads",
 }
 
 # --------------------------------------------------------------------------- substitutions (slow or networked -> small)
