@@ -118,6 +118,11 @@ class AdversarialMethod(StrEnum):  # what lmreason.training.adversarial computes
     freelb = "freelb"  # K projected ascent steps; trains on every one of them, averaged (Zhu et al. 2020)
 
 
+class TaskSampling(StrEnum):  # task=multi: how batches are shared out among the tasks
+    proportional = "proportional"  # p_i = n_i / sum n: every training example once per epoch
+    temperature = "temperature"  # p_i proportional to n_i^(1/T): T > 1 lifts the small tasks
+
+
 class NonFinitePolicy(StrEnum):
     stop = "stop"  # keep the last good checkpoint and end the run
     skip = "skip"  # drop the step's update and go on
@@ -164,6 +169,22 @@ class GenTaskConfig:
     system_prompt: Optional[str] = None
     generate_every_evals: int = 0
     generate_samples: int = 32
+
+
+@dataclass
+class MultiTaskConfig:
+    """task=multi: several classification data sources on one encoder, one head each (lmreason.tasks.multi).
+
+    `tasks` maps a task name to an entry `{data: <option of conf/data/>, <that option's keys>...}`,
+    e.g. `{rte: {data: local, path: ../shared/data/rte, text_column: text_a, text_pair_column: text_b}}`;
+    lmreason.tasks.multi_config composes each entry as `data=<option>` would and checks it."""
+
+    name: str = "multi"
+    tasks: Dict[str, Any] = field(default_factory=dict)
+    sampling: TaskSampling = TaskSampling.proportional
+    temperature: float = 2.0
+    monitor: str = "val/acc"
+    monitor_mode: MonitorMode = MonitorMode.max
 
 
 # --------------------------------------------------------------------------- data
@@ -439,6 +460,7 @@ class EvaluateCommandConfig:
     backend: Any = "torch"  # a backend name or a list of them (lmreason.validation checks the names)
     data: Any = None
     task: Any = None
+    head: Optional[str] = None  # a task=multi run: evaluate this task's head only (None: every head)
     device: DeviceConfig = field(default_factory=DeviceConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
@@ -539,6 +561,7 @@ def register_schemas() -> None:
         cs.store(group="schema/data", name=name.removesuffix("_schema"), node=open_dicts(node))
     cs.store(group="schema/task", name="cls", node=ClsTaskConfig)
     cs.store(group="schema/task", name="gen", node=GenTaskConfig)
+    cs.store(group="schema/task", name="multi", node=open_dicts(MultiTaskConfig))
 
 
 register_schemas()

@@ -20,7 +20,7 @@ def render_prepare_summary(prepared, out: Console = console) -> None:
     table.add_column("rows", justify="right")
     table.add_column("tokens p50 / p95 / max", justify="right")
     table.add_column("truncated", justify="right")
-    if summary["task"] == "cls":
+    if summary["task"] in ("cls", "multi"):
         table.add_column("labels")
     for name, info in summary["splits"].items():
         row = [
@@ -29,7 +29,7 @@ def render_prepare_summary(prepared, out: Console = console) -> None:
             f"{info['tokens_p50']} / {info['tokens_p95']} / {info['tokens_max']}",
             f"{info['truncated_share']:.1%}",
         ]
-        if summary["task"] == "cls":
+        if summary["task"] in ("cls", "multi"):
             labels = info.get("labels", {})
             shown = ", ".join(f"{k}: {v}" for k, v in list(labels.items())[:8])
             row.append(shown + (f", ... ({len(labels)} labels)" if len(labels) > 8 else ""))

@@ -35,7 +35,10 @@ def validate(command: str, cfg: DictConfig) -> None:
 def validate_prepare(cfg: DictConfig) -> None:
     _check_model(cfg.model)
     _check_task(cfg.task)
-    _check_data(cfg.data, cfg.task.name)
+    if cfg.task.name == "multi":  # each task entry names its own data; cfg.data is not used
+        _check_multitask(cfg.task)
+    else:
+        _check_data(cfg.data, cfg.task.name)
     if cfg.get("augmentation") is not None:
         from lmreason.data.augment import check_config  # numpy only at import
 
@@ -52,6 +55,18 @@ def validate_finetune(cfg: DictConfig) -> None:
         raise UserError(
             f"task=gen needs a decoder model; model.arch={cfg.model.arch} (use model=gpt or model=tiny-gpt)"
         )
+    if cfg.task.name == "multi":
+        import os
+
+        if cfg.model.arch != "encoder":
+            raise UserError(
+                f"task=multi trains classification heads on an encoder; model.arch={cfg.model.arch} "
+                "(use model=bert or model=tiny-bert; a generation sub-task is not supported)"
+            )
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise UserError(
+                "task=multi runs in one process (DDP would need unused-head handling); start it without torchrun"
+            )
     if cfg.model.lora.enabled and cfg.task.name != "gen":
         raise UserError("model.lora.enabled=true is supported with task=gen; turn it off for task=cls")
 
@@ -150,6 +165,26 @@ def _check_task(task_cfg: DictConfig) -> None:
     if task_cfg.get("generate_every_evals", 0) < 0:
         raise UserError(f"task.generate_every_evals={task_cfg.generate_every_evals}: must be >= 0 (0: never)")
     _check_positive("task.generate_samples", task_cfg.get("generate_samples"))
+
+
+def _check_multitask(task_cfg: DictConfig) -> None:
+    """task=multi: its entries (names, data options, their keys), each entry's data, the sampling and monitor."""
+    from lmreason.tasks.multi_config import MONITORED, resolve_tasks
+
+    entries = resolve_tasks(task_cfg)
+    for entry in entries:
+        try:
+            _check_data(entry.data, "cls")
+        except UserError as exc:
+            raise UserError(f"task.tasks.{entry.name}: {exc}") from None
+    if task_cfg.sampling == "temperature" and not task_cfg.temperature > 0:
+        raise UserError(f"task.temperature={task_cfg.temperature}: must be > 0 (1: proportional; 2-5 is usual)")
+    allowed = [f"val/{m}" for m in MONITORED] + [f"val/{e.name}/{m}" for e in entries for m in MONITORED]
+    if task_cfg.monitor not in allowed:
+        raise UserError(
+            f"task.monitor={task_cfg.monitor}: not a multi-task metric; use the mean (val/acc, val/f1_macro, "
+            f"val/loss, val/ece) or one task's, e.g. val/{entries[0].name}/acc"
+        )
 
 
 def _check_data(data_cfg: DictConfig, task_name: str | None) -> None:

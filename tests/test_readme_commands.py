@@ -46,6 +46,10 @@ SKIPPED = {
     r"^lmreason finetune 'regularization=\[l2,adversarial\]'": "2-4x the passes of a plain run, and run here "
     "they would become the run later run=<run_dir> lines evaluate; tests/test_adversarial.py trains with these "
     "options (fgm, pgd, freelb, with l2) on tiny-bert and tiny-gpt",
+    r"^lmreason finetune task=multi ": "multi-task entries compose their own data (the full reasoning sizes, "
+    "../shared/data/rte): tests/test_multitask.py trains task=multi on tiny data",
+    r"^lmreason evaluate (run=<run.dir> head=rte|checkpoint=<run.dir>/checkpoints/best/heads/rte)": "needs a "
+    "task=multi run (skipped above): tests/test_multitask.py evaluates its heads",
 }
 
 # --------------------------------------------------------------------------- substitutions (slow or networked -> small)

@@ -40,6 +40,10 @@ def test_every_shipped_option_validates(command, group, option):
     overrides = [f"{group}={option}", *(REQUIRED.get(option, []) if group == "data" else [])]
     if command == "finetune" and (group, option) in (("task", "gen"),):
         overrides.append("model=tiny-gpt")  # task=gen needs a decoder (tested below)
+    if (group, option) == ("task", "multi") and command in ("prepare", "finetune"):
+        with pytest.raises(UserError, match="task.tasks is empty; multi-task training needs at least two"):
+            validate(command, composed(command, *overrides))  # the option's documented refusal: no tasks given
+        overrides.append("task.tasks={a: {data: reasoning}, b: {data: family}}")
     cfg = composed(command, *overrides)
     if (group, option) == ("device", "cuda") and not _cuda():
         with pytest.raises(

@@ -22,12 +22,25 @@ def run(cfg: DictConfig) -> dict:
         from lmreason.evaluation.compare import compare_command
 
         return compare_command(list(cfg.compare), Path(cfg.output_dir))
+    from lmreason.evaluation.loading import resolve_checkpoint
+
+    checkpoint_dir, run_dir = resolve_checkpoint(cfg.run, cfg.checkpoint, allow_multitask=True)
+    out_root = (run_dir if run_dir is not None else Path(cfg.output_dir)) / "eval"
+    from lmreason.evaluation.multitask import evaluate_heads, heads_to_evaluate
+
+    heads = heads_to_evaluate(cfg, checkpoint_dir)  # a task=multi checkpoint: its heads (checked before any data)
+    if heads is not None:
+        return evaluate_heads(cfg, checkpoint_dir, run_dir, out_root, heads, evaluate_model)
+    return evaluate_model(cfg, checkpoint_dir, run_dir, out_root)
+
+
+def evaluate_model(cfg: DictConfig, checkpoint_dir: Path, run_dir: Path | None, out_root: Path) -> dict:
+    """Evaluate one model dir (a run's checkpoint, or one head of a multi-task one) into `out_root`."""
     from lmreason.data.prepare import prepare_data
     from lmreason.evaluation.loading import (
         checkpoint_max_length,
         evaluation_config,
         load_model_for_inference,
-        resolve_checkpoint,
         saved_run_config,
     )
     from lmreason.evaluation.outputs import log_to_tensorboard, write_json
@@ -38,7 +51,6 @@ def run(cfg: DictConfig) -> dict:
     from lmreason.training.device import resolve_device
     from lmreason.ui import console
 
-    checkpoint_dir, run_dir = resolve_checkpoint(cfg.run, cfg.checkpoint)
     saved = saved_run_config(checkpoint_dir)
     eval_cfg = evaluation_config(cfg, checkpoint_dir, saved)
     robustness_cfg = cfg.diagnostics.robustness if cfg.get("diagnostics") else None
@@ -71,7 +83,6 @@ def run(cfg: DictConfig) -> dict:
     splits = [cfg.split]
     if cfg.compare_ood and "ood" in data.splits and cfg.split != "ood":
         splits.append("ood")
-    out_root = (run_dir if run_dir is not None else Path(cfg.output_dir)) / "eval"
     console.print(
         f"[bold]evaluate[/] {checkpoint_dir} on {data.summary.get('source')} ({', '.join(splits)}); "
         f"device {device} ({precision})" + ("" if backends == ["torch"] else f"; backend {', '.join(backends)}")
@@ -124,7 +135,8 @@ def run(cfg: DictConfig) -> dict:
     config = run_config(run_dir, saved)
     if run_dir is not None:
         summary = run_summary(out_root, splits, config, task.name, about)
-        log_to_tensorboard(run_dir, results, summary_markdown(summary))
+        prefix = out_root.relative_to(run_dir / "eval").as_posix()  # a multi-task head's name, else "."
+        log_to_tensorboard(run_dir, results, summary_markdown(summary), prefix=prefix)
     page = write_run_report(out_root, run_dir, splits, config, task.name, about)
     console.print(f"reports written to {out_root}")
     console.print(f"report: [link=file://{page.resolve()}]file://{page.resolve()}[/link]")

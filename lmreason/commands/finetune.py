@@ -131,11 +131,14 @@ def _local_model_path(name: str | None) -> bool:
 
 
 def absolute_paths(cfg: DictConfig) -> None:
-    """Resolve the path-valued keys against this process's cwd, in place: data.path, cache_dir,
-    output_dir, resume, and model.name_or_path / model.tokenizer when they name a local path (a hub
+    """Resolve the path-valued keys against this process's cwd, in place: data.path (and task=multi's
+    task.tasks.<name>.path), cache_dir, output_dir, resume, and model.name_or_path / model.tokenizer
+    when they name a local path (a hub
     id is left alone). `~` is expanded; symlinks are kept as the user wrote them."""
     keys = ["cache_dir", "output_dir", "resume", "data.path"]
     keys += [k for k in ("model.name_or_path", "model.tokenizer") if _local_model_path(OmegaConf.select(cfg, k))]
+    if cfg.task.name == "multi":  # each task entry's own data path
+        keys += [f"task.tasks.{name}.path" for name in cfg.task.tasks or {}]
     with open_dict(cfg):
         for key in keys:
             value = OmegaConf.select(cfg, key, default=None)

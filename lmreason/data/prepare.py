@@ -77,6 +77,8 @@ def prepare_data(cfg: DictConfig, task, tokenizer=None) -> PreparedData:
 
     mode = task.name
     tokenizer = tokenizer or load_tokenizer(cfg.model, cfg.cache_dir)
+    if hasattr(task, "prepare_data"):  # task=multi: several sources, each prepared (and cached) through here
+        return task.prepare_data(cfg, tokenizer)
     raw = load_source(cfg.data, mode)
     key = prepare_fingerprint(cfg, raw.content_hash, tokenizer)
     path = Path(cfg.cache_dir).expanduser() / "prepared" / f"{cfg.data.name}-{key}"

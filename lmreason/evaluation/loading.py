@@ -15,11 +15,14 @@ from lmreason.errors import UserError
 from lmreason.models.packaged import PACKAGED_MODELS, resolve_model_path
 
 
-def resolve_checkpoint(run: str | None, checkpoint: str | None, prefer: str = "best") -> tuple[Path, Path | None]:
-    """(checkpoint dir, run dir or None) from `run=` or `checkpoint=`.
+def resolve_checkpoint(
+    run: str | None, checkpoint: str | None, prefer: str = "best", allow_multitask: bool = False
+) -> tuple[Path, Path | None]:
+    """(checkpoint dir, run dir or None) from `run=` or `checkpoint=`. A task=multi checkpoint (heads/<task>/,
+    no model of its own) is returned only with `allow_multitask` (evaluate); elsewhere its heads are named.
 
     Raises:
-        UserError: neither or both given, a missing dir, a dir without a model.
+        UserError: neither or both given, a missing dir, a dir without a model, a multi-task one not allowed.
     """
     from lmreason.training.checkpoint import recover_checkpoint
 
@@ -34,6 +37,8 @@ def resolve_checkpoint(run: str | None, checkpoint: str | None, prefer: str = "b
             candidate = run_dir / "checkpoints" / name
             if (candidate / "config.json").is_file() or (candidate / "adapter_config.json").is_file():
                 return candidate, run_dir
+            if (candidate / "heads").is_dir():
+                return _multitask(candidate, allow_multitask, f"run={run}"), run_dir
         raise UserError(
             f"run={run}: no checkpoint in {run_dir / 'checkpoints'}; "
             "finetune it first (a checkpoint is written at every validation)"
@@ -41,12 +46,24 @@ def resolve_checkpoint(run: str | None, checkpoint: str | None, prefer: str = "b
     path = Path(checkpoint).expanduser()
     if not path.exists() and str(checkpoint).strip().lower() in PACKAGED_MODELS:  # e.g. the untuned SmolLM2
         path = Path(resolve_model_path(str(checkpoint)))
+    if (path / "heads").is_dir() and not (path / "config.json").is_file():
+        return _multitask(path, allow_multitask, f"checkpoint={checkpoint}"), None
     if not ((path / "config.json").is_file() or (path / "adapter_config.json").is_file()):
         raise UserError(
             f"checkpoint={checkpoint}: no model there (config.json missing); "
             "give a checkpoint dir, a Hugging Face model dir or a packaged model name"
         )
     return path, None
+
+
+def _multitask(checkpoint_dir: Path, allowed: bool, given: str) -> Path:
+    if allowed:
+        return checkpoint_dir
+    heads = sorted(p.name for p in (checkpoint_dir / "heads").iterdir() if p.is_dir())
+    raise UserError(
+        f"{given} is a multi-task (task=multi) model with heads {', '.join(heads)}; "
+        f"give one head: checkpoint={checkpoint_dir / 'heads' / (heads[0] if heads else '<task>')}"
+    )
 
 
 def task_of_model_dir(checkpoint_dir: Path) -> str:

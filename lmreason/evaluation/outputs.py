@@ -57,17 +57,19 @@ def save_classification_figures(metrics: dict, label_names: list[str], split: st
     )
 
 
-def log_to_tensorboard(run_dir: Path, results: dict, summary_text: str | None = None) -> None:
+def log_to_tensorboard(run_dir: Path, results: dict, summary_text: str | None = None, prefix: str = ".") -> None:
     """Each split's headline metrics (step 0) and figures into the run's TensorBoard events; `summary_text`
-    (the report's summary as Markdown: the text plugin renders Markdown tables, not HTML) as `report/summary`."""
+    (the report's summary as Markdown: the text plugin renders Markdown tables, not HTML) as `report/summary`
+    (`prefix`: a multi-task head's name, so heads' `test/acc` stay apart as `<head>/test/acc`)."""
     from torch.utils.tensorboard import SummaryWriter
 
     from lmreason.evaluation.plots import confusion_figure, reliability_figure
 
     writer = SummaryWriter(log_dir=str(Path(run_dir) / "tb"))
-    for split, metrics in results.items():
-        if split == "gap" or not isinstance(metrics, dict):
+    for name, metrics in results.items():
+        if name == "gap" or not isinstance(metrics, dict):
             continue
+        split = name if prefix in (".", "") else f"{prefix}/{name}"
         for key in ("acc", "f1_macro", "ece", "loss", "exact_match", "perplexity"):
             if isinstance(metrics.get(key), (int, float)):
                 writer.add_scalar(f"{split}/{key}", metrics[key], 0)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from lmreason.errors import UserError
 
-TASKS = ("cls", "gen")
+TASKS = ("cls", "gen", "multi")
 
 
 def get_task(task_cfg):
@@ -24,4 +24,8 @@ def get_task(task_cfg):
         from lmreason.tasks.gen import GenerationTask
 
         return GenerationTask(settings)
+    if name == "multi":
+        from lmreason.tasks.multi import MultiTask
+
+        return MultiTask(settings)
     raise UserError(f"task={name} is unknown; use one of {', '.join(TASKS)}")

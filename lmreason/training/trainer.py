@@ -129,7 +129,8 @@ class FinetuneRecipe:
         self.embedding = self.model.get_input_embeddings() if self.adversarial else None
 
         t = cfg.train
-        self.micro_batches_per_epoch = math.ceil(len(self.train_split) / (t.batch_size * self.dist.world_size))
+        # the plan's own length: a task that plans its batches (task=multi) may make a few more than n / B
+        self.micro_batches_per_epoch = len(self._epoch_batches(0))
         self.steps_per_epoch = math.ceil(self.micro_batches_per_epoch / t.grad_accum_steps)
         self.total_steps = t.max_steps or max(1, math.ceil(t.epochs * self.steps_per_epoch))
         self.optimizer = build_optimizer(self.model, cfg.optimizer, cfg.regularization.weight_decay)
@@ -372,9 +373,15 @@ class FinetuneRecipe:
 
     def _epoch_batches(self, epoch: int) -> list:
         t = self.cfg.train
-        global_batches = length_grouped_batches(
-            self.train_split.lengths, t.batch_size * self.dist.world_size, self.cfg.seed, epoch, t.length_grouping
-        )
+        size = t.batch_size * self.dist.world_size
+        if hasattr(self.task, "plan_batches"):  # task=multi: single-task batches, shared out by its sampling rule
+            global_batches = self.task.plan_batches(
+                self.data.splits["train"], size, self.cfg.seed, epoch, t.length_grouping
+            )
+        else:
+            global_batches = length_grouped_batches(
+                self.train_split.lengths, size, self.cfg.seed, epoch, t.length_grouping
+            )
         return [(*self.dist.shard(b), len(b)) for b in global_batches]  # (indices, loss weight, global size)
 
     def _install_signal_handlers(self) -> None:
