@@ -47,6 +47,11 @@ def run(cfg: DictConfig) -> dict:
         from lmreason.evaluation.attribution import check_config as check_attribution
 
         check_attribution(attribution_cfg, eval_cfg.task.name, key="diagnostics.attribution")
+    calibration_cfg = cfg.diagnostics.calibration if cfg.get("diagnostics") else None
+    if calibration_cfg is not None:
+        from lmreason.evaluation.calibration import check_config as check_calibration
+
+        check_calibration(calibration_cfg, eval_cfg.task.name)
     _check_ood_asked_of_a_source_with_some(cfg, eval_cfg)
     device, precision = resolve_device(cfg.device)
     task = get_task(eval_cfg.task)
@@ -64,6 +69,11 @@ def run(cfg: DictConfig) -> dict:
     data = prepare_data(eval_cfg, task, tokenizer)
     if cfg.split not in data.splits:
         raise UserError(f"split={cfg.split} does not exist in this data; available splits: {', '.join(data.splits)}")
+    if calibration_cfg is not None and calibration_cfg.fit_split not in data.splits:
+        raise UserError(
+            f"diagnostics.calibration.fit_split={calibration_cfg.fit_split} does not exist in this data; "
+            f"available splits: {', '.join(data.splits)}"
+        )
     splits = [cfg.split]
     if cfg.compare_ood and "ood" in data.splits and cfg.split != "ood":
         splits.append("ood")
@@ -110,6 +120,18 @@ def run(cfg: DictConfig) -> dict:
 
         results["attribution"] = run_attribution(
             session, task, list(requests.values()), attribution_cfg, run_dir, data.splits.get("train"), data.label_names
+        )
+    if calibration_cfg is not None:  # eval/calibration.json, <checkpoint>/calibration.json (the temperature infer uses)
+        from lmreason.evaluation.calibration import run_calibration
+
+        fit_request = requests.get(calibration_cfg.fit_split) or SplitRequest(
+            name=calibration_cfg.fit_split,
+            dataset=data.splits[calibration_cfg.fit_split],
+            out_dir=out_root / calibration_cfg.fit_split,
+            label_names=data.label_names,
+        )
+        results["calibration"] = run_calibration(
+            session, task, list(requests.values()), calibration_cfg, fit_request, checkpoint_dir, run_dir
         )
     if run_dir is not None:
         log_to_tensorboard(run_dir, results)
