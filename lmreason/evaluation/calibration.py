@@ -33,8 +33,9 @@ import numpy as np
 from lmreason.errors import UserError
 
 CHECKPOINT_FILE = "calibration.json"  # <checkpoint>/calibration.json: the fitted temperature infer applies
-# T is kept in [T_MIN, T_MAX]: when every fit example is right with a margin the NLL keeps falling as T -> 0
-# (ever sharper, never wrong on that split); the bound stops that and the result says it was reached.
+# T is kept in [T_MIN, T_MAX]. On a fit split without a single error every row's NLL falls for ever as T -> 0
+# (ever sharper, never wrong on that split), so the minimum over [T_MIN, T_MAX] is T_MIN itself; the
+# optimiser would stop wherever the gradient underflows instead. The result's `note` says when a bound is the answer.
 T_MIN, T_MAX = 0.05, 20.0
 _FIT_HINT = "lmreason evaluate run=<run dir> diagnostics=calibration (or checkpoint=<dir>)"
 
@@ -82,12 +83,12 @@ class TemperatureFit:
     n: int  # examples fitted on
     nll_before: float  # at T = 1
     nll_after: float  # at the fitted T
-    at_bound: bool  # the fit ran into T_MIN or T_MAX
+    note: str | None = None  # why T is a bound, not an inner minimum (no errors to fit on, or the minimum beyond it)
 
 
 def fit_temperature(logits, labels, max_iter: int = 100) -> TemperatureFit:
     """The T minimising the mean NLL of softmax(logits / T) (LBFGS with a strong-Wolfe line search over log T,
-    float64, starting at T = 1), kept in [T_MIN, T_MAX].
+    float64, starting at T = 1), kept in [T_MIN, T_MAX]; T_MIN when every row is predicted right.
 
     Raises:
         ValueError: no rows, or logits and labels that do not match.
@@ -98,6 +99,10 @@ def fit_temperature(logits, labels, max_iter: int = 100) -> TemperatureFit:
     labels = np.asarray(labels, dtype=np.int64)
     if logits.ndim != 2 or len(logits) != len(labels) or len(labels) == 0:
         raise ValueError(f"expected logits (N, C) and labels (N,) with N > 0; got {logits.shape} and {labels.shape}")
+    before = nll(logits, labels)
+    if (logits.argmax(axis=1) == labels).all():
+        note = f"every fit example is predicted right: the NLL falls as T -> 0, so T is the bound {T_MIN}"
+        return TemperatureFit(T_MIN, len(labels), before, nll(logits, labels, T_MIN), note)
     z, y = torch.from_numpy(logits), torch.from_numpy(labels)
     log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.LBFGS(
@@ -115,13 +120,10 @@ def fit_temperature(logits, labels, max_iter: int = 100) -> TemperatureFit:
     if not math.isfinite(fitted):  # a diverged line search: keep the raw probabilities
         fitted = 1.0
     temperature = min(max(fitted, T_MIN), T_MAX)
-    return TemperatureFit(
-        temperature=temperature,
-        n=len(labels),
-        nll_before=nll(logits, labels),
-        nll_after=nll(logits, labels, temperature),
-        at_bound=temperature != fitted,
+    note = (
+        None if temperature == fitted else f"the fit reached the bound T = {temperature:g} (kept in [{T_MIN}, {T_MAX}])"
     )
+    return TemperatureFit(temperature, len(labels), before, nll(logits, labels, temperature), note)
 
 
 def split_calibration(logits, labels, temperature: float, bins: int = 15) -> dict:
@@ -159,7 +161,7 @@ def save_temperature(checkpoint_dir: Path, fit: TemperatureFit, fitted_on: str) 
         "n": fit.n,
         "nll_before": fit.nll_before,
         "nll_after": fit.nll_after,
-        "at_bound": fit.at_bound,
+        "note": fit.note,
         "weights": weights_fingerprint(checkpoint_dir),
     }
     write_json(path, record)
@@ -262,7 +264,7 @@ def run_calibration(session, task, requests, ccfg, fit_request, checkpoint_dir: 
         "n_fit": fit.n,
         "nll_fit_before": fit.nll_before,
         "nll_fit_after": fit.nll_after,
-        "at_bound": fit.at_bound,
+        "fit_note": fit.note,
         "bins": int(ccfg.bins),
         "checkpoint": str(checkpoint_dir),
         "saved_to": None,
@@ -296,11 +298,9 @@ def _notes(payload: dict) -> list[str]:
             f"calibration: T was fitted on {fitted_on}, which is also reported: its 'after' figures are optimistic "
             "(measure on another split: diagnostics.calibration.fit_split=validation)"
         )
-    if payload["at_bound"]:
+    if payload["fit_note"]:
         notes.append(
-            f"calibration: the fit reached the bound T = {payload['temperature']:g} (kept in [{T_MIN}, {T_MAX}]): "
-            f"on {fitted_on} the NLL kept falling (e.g. every example right with a margin); more or harder fit data "
-            "gives a meaningful T"
+            f"calibration on {fitted_on}: {payload['fit_note']}; more (or harder) fit data gives a meaningful T"
         )
     if payload["saved_to"]:
         notes.append(
