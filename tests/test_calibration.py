@@ -249,3 +249,21 @@ def test_damaged_record_and_calibrated_true_without_a_fit(tmp_path, cache_dir, o
         "infer", f"run={own_run}", "text=fine", "calibrated=true", cache_dir=cache_dir, cwd=tmp_path, check=False
     )
     assert_one_line_error(proc, "has no fitted temperature (calibration.json); fit one with lmreason evaluate")
+
+
+def test_the_onnx_backend_applies_the_same_temperature(tmp_path, cache_dir, own_run, capsys):
+    """Probabilities of every backend pass through classify_texts: onnx divides by the fitted T as torch does."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from lmreason.evaluation.calibration import TemperatureFit, save_temperature
+
+    checkpoint = own_run / "checkpoints" / "best"
+    save_temperature(checkpoint, TemperatureFit(2.5, 48, 0.7, 0.6), "validation")
+    texts = "text=[the film was really great and long,the film was really dull]"
+    torch_rows = _infer(tmp_path, cache_dir, f"run={own_run}", texts)
+    onnx_rows = _infer(tmp_path, cache_dir, f"run={own_run}", texts, "backend=onnx")
+    assert "backend onnx" in capsys.readouterr().out
+    logits = _raw_logits(checkpoint, ["the film was really great and long", "the film was really dull"])
+    for i, (a, b) in enumerate(zip(torch_rows, onnx_rows)):
+        assert b["probs"] == pytest.approx(a["probs"], abs=1e-5)
+        assert list(b["probs"].values()) == pytest.approx(scaled_probs(logits[i : i + 1], 2.5)[0].tolist(), abs=1e-5)
