@@ -279,7 +279,10 @@ def run_calibration(session, task, requests, ccfg, fit_request, checkpoint_dir: 
             request.out_dir / "reliability_calibrated.png",
         )
     if ccfg.save:
-        payload["saved_to"] = str(save_temperature(checkpoint_dir, fit, fit_request.name))
+        try:
+            payload["saved_to"] = str(save_temperature(checkpoint_dir, fit, fit_request.name))
+        except UserError as exc:  # e.g. a packaged model's read-only dir
+            raise UserError(f"{exc}, or keep the checkpoint as it is: diagnostics.calibration.save=false") from None
     write_json(requests[0].out_dir.parent / "calibration.json", payload)
     console.print(calibration_table(payload))
     for line in _notes(payload):
