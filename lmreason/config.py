@@ -377,9 +377,20 @@ class AttributionDiagnosticsConfig(AttributionConfig):
 
 
 @dataclass
+class CalibrationConfig:
+    """Temperature scaling (lmreason.evaluation.calibration): fit T on `fit_split`, report ECE/NLL before and after."""
+
+    bins: int = 15
+    max_iter: int = 100
+    fit_split: str = "validation"
+    save: bool = True
+
+
+@dataclass
 class DiagnosticsConfig:
     robustness: Optional[RobustnessConfig] = None
     attribution: Optional[AttributionDiagnosticsConfig] = None
+    calibration: Optional[CalibrationConfig] = None
 
 
 # --------------------------------------------------------------------------- augmentation (prepare, finetune)
@@ -480,6 +491,7 @@ class InferCommandConfig:
     batch_size: int = 64
     top_k: int = 0
     explain: bool = False
+    calibrated: Optional[bool] = None  # null: use <checkpoint>/calibration.json's temperature when there is one
     attribution: AttributionConfig = field(default_factory=AttributionConfig)
     backend: Any = (
         "torch"  # torch, onnx or onnx-int8 (lmreason.validation checks it: a list gets a hint to use evaluate)

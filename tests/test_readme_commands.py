@@ -85,9 +85,9 @@ PLACEHOLDER_SPELLINGS = {"<run dir>": "<run_dir>"}
 # run=/resume=: the run dir of the latest single finetune (of the command's task=, if it gives one): README order makes
 # that the run the text has just made (cls in Commands, gen in Generation).
 RUN_PLACEHOLDERS = ("outputs/finetune/<date>/<time>", "<run_dir>", "...")
-# ... except for what needs a classifier (the attack, attributions, export, backend=): the README's first run (the
-# demo: task=cls, with test and OOD splits).
-CLASSIFIER_ONLY = r"diagnostics\.robustness\.attack=|.*attribution|explain=true|backend="
+# ... except for what needs a classifier (the attack, attributions, calibration, export, backend=): the README's first
+# run (the demo: task=cls, with test and OOD splits).
+CLASSIFIER_ONLY = r"diagnostics\.robustness\.attack=|.*attribution|explain=true|backend=|.*calibrat"
 SWEEP_PLACEHOLDERS = ("outputs/finetune/multirun/<date>/<time>",)  # sweep=: the latest multirun dir
 # Files the commands read from the cwd, in the layout the README gives.
 SST2_ROWS = {"train": 64, "dev": 32}  # sst2/train.csv, sst2/dev.csv: text,label (0 negative, 1 positive)

@@ -63,6 +63,11 @@ def evaluate_model(cfg: DictConfig, checkpoint_dir: Path, run_dir: Path | None, 
         from lmreason.evaluation.attribution import check_config as check_attribution
 
         check_attribution(attribution_cfg, eval_cfg.task.name, key="diagnostics.attribution")
+    calibration_cfg = cfg.diagnostics.calibration if cfg.get("diagnostics") else None
+    if calibration_cfg is not None:
+        from lmreason.evaluation.calibration import check_config as check_calibration
+
+        check_calibration(calibration_cfg, eval_cfg.task.name)
     _check_ood_asked_of_a_source_with_some(cfg, eval_cfg)
     device, precision = resolve_device(cfg.device)
     task = get_task(eval_cfg.task)
@@ -80,6 +85,11 @@ def evaluate_model(cfg: DictConfig, checkpoint_dir: Path, run_dir: Path | None, 
     data = prepare_data(eval_cfg, task, tokenizer)
     if cfg.split not in data.splits:
         raise UserError(f"split={cfg.split} does not exist in this data; available splits: {', '.join(data.splits)}")
+    if calibration_cfg is not None and calibration_cfg.fit_split not in data.splits:
+        raise UserError(
+            f"diagnostics.calibration.fit_split={calibration_cfg.fit_split} does not exist in this data; "
+            f"available splits: {', '.join(data.splits)}"
+        )
     splits = [cfg.split]
     if cfg.compare_ood and "ood" in data.splits and cfg.split != "ood":
         splits.append("ood")
@@ -128,6 +138,18 @@ def evaluate_model(cfg: DictConfig, checkpoint_dir: Path, run_dir: Path | None, 
 
         results["attribution"] = run_attribution(
             session, task, list(requests.values()), attribution_cfg, run_dir, data.splits.get("train"), data.label_names
+        )
+    if calibration_cfg is not None:  # eval/calibration.json, <checkpoint>/calibration.json (the temperature infer uses)
+        from lmreason.evaluation.calibration import run_calibration
+
+        fit_request = requests.get(calibration_cfg.fit_split) or SplitRequest(
+            name=calibration_cfg.fit_split,
+            dataset=data.splits[calibration_cfg.fit_split],
+            out_dir=out_root / calibration_cfg.fit_split,
+            label_names=data.label_names,
+        )
+        results["calibration"] = run_calibration(
+            session, task, list(requests.values()), calibration_cfg, fit_request, checkpoint_dir, run_dir
         )
     from lmreason.evaluation.report_context import run_config, run_summary, summary_markdown
     from lmreason.evaluation.report_page import write_run_report

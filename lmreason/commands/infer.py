@@ -90,6 +90,9 @@ def run(cfg: DictConfig) -> list[dict]:
         from lmreason.evaluation.attribution import check_config
 
         check_config(cfg.attribution, task.name)
+    from lmreason.evaluation.calibration import temperature_for_inference
+
+    applied = temperature_for_inference(checkpoint_dir, cfg.get("calibrated"), task.name)  # before the model loads
     device, precision = resolve_device(cfg.device)
     if cfg.backend == "torch":
         model, tokenizer = load_model_for_inference(checkpoint_dir, task.name, device, cfg.device.fast_paths)
@@ -109,7 +112,7 @@ def run(cfg: DictConfig) -> list[dict]:
     if task.name == "gen":
         predictions = infer_answers(session, task, texts, pairs, stream=streamed)
     else:
-        predictions = infer_labels(session, texts, pairs)
+        predictions = infer_labels(session, texts, pairs, applied.temperature)
     if cfg.explain:  # a score per word toward the predicted label (lmreason.evaluation.attribution)
         from lmreason.evaluation.attribution import delta_warning, explain_rows
 
@@ -140,6 +143,8 @@ def run(cfg: DictConfig) -> list[dict]:
         from lmreason.evaluation.onnx_backend import describe
 
         where = describe(model)
+    if applied.note:
+        where += f"; {applied.note}"
     console.print(
         f"{len(predictions)} predictions in {seconds:.3f} s ({len(predictions) / max(seconds, 1e-9):.1f}/s, {where})"
     )

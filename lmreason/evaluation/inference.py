@@ -6,12 +6,15 @@ from lmreason.errors import UserError
 from lmreason.evaluation.predict import InferenceSession, classify_texts
 
 
-def infer_labels(session: InferenceSession, texts: list[str], pairs: list[str] | None) -> list[dict]:
-    """{text, [text_pair], label, confidence, probs} per input, in input order."""
+def infer_labels(
+    session: InferenceSession, texts: list[str], pairs: list[str] | None, temperature: float = 1.0
+) -> list[dict]:
+    """{text, [text_pair], label, confidence, probs} per input, in input order; probabilities are
+    softmax(logits / temperature) (a fitted calibration temperature; 1.0: the raw ones)."""
     from lmreason.evaluation.loading import label_names_of
 
     names = label_names_of(session.model)
-    probs = classify_texts(session, texts, pairs)
+    probs = classify_texts(session, texts, pairs, temperature)
     results = []
     for i, text in enumerate(texts):
         row = {"text": text}

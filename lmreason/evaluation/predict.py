@@ -36,6 +36,7 @@ class SplitPredictions:
     probs: np.ndarray  # (N, C) class probabilities
     loss: float  # mean cross-entropy
     seconds: float  # batching + forward passes
+    logits: np.ndarray | None = None  # (N, C) the logits the probabilities are the softmax of (temperature scaling)
 
 
 def restore_order(batches: list[np.ndarray]) -> np.ndarray:
@@ -71,17 +72,33 @@ def predict_split(session: InferenceSession, task, dataset, label_names: list[st
     examples = TokenizedSplit(dataset, task, session.tokenizer.pad_token_id)
     batches = sorted_batches(examples.lengths, session.batch_size)
     with torch.inference_mode(), autocast(session.device, session.precision):
-        labels, probs, loss = task.predict(
+        labels, logits, loss = task.predict_logits(
             session.model, (to_device(examples.collate(b), session.device) for b in batches)
         )
+    probs = softmax(logits)
     restored = restore_order(batches)
-    return SplitPredictions(to_model[labels[restored]], probs[restored], loss, time.perf_counter() - began)
+    return SplitPredictions(
+        to_model[labels[restored]], probs[restored], loss, time.perf_counter() - began, logits[restored]
+    )
 
 
-def classify_texts(session: InferenceSession, texts: list[str], pairs: list[str] | None = None) -> np.ndarray:
-    """(N, C) class probabilities for raw texts (or sentence pairs), in input order.
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """(N, C) float64 probabilities softmax(logits / T), computed by torch in float32 as the forward pass is
+    (so T = 1 gives exactly the probabilities the model's own softmax gives)."""
+    import torch
 
-    Tokenized once (truncated to the session's max_length); each batch padded by the tokenizer.
+    scaled = torch.from_numpy(np.asarray(logits, dtype=np.float32)) / float(temperature)
+    return torch.softmax(scaled, dim=-1).numpy().astype(np.float64)
+
+
+def classify_texts(
+    session: InferenceSession, texts: list[str], pairs: list[str] | None = None, temperature: float = 1.0
+) -> np.ndarray:
+    """(N, C) class probabilities softmax(logits / temperature) for raw texts (or sentence pairs), in input order.
+
+    Tokenized once (truncated to the session's max_length); each batch padded by the tokenizer. `temperature`
+    is a fitted calibration temperature (lmreason/evaluation/calibration.py); 1.0 gives the raw probabilities.
+    Every backend (torch, onnx) passes through here, so a temperature applies to all of them alike.
     """
     import torch
 
@@ -104,7 +121,7 @@ def classify_texts(session: InferenceSession, texts: list[str], pairs: list[str]
                 return_tensors="pt",
             )
             logits = model(**{k: v.to(session.device) for k, v in padded.items()}).logits.float()
-            probs[batch] = torch.softmax(logits, dim=-1).cpu().numpy()
+            probs[batch] = torch.softmax(logits / temperature, dim=-1).cpu().numpy()
     return probs
 
 

@@ -77,18 +77,29 @@ class ClassificationTask:
     def predict(self, model, batches):
         """Gold labels (N,), class probabilities (N, C) and the mean loss, in batch order."""
         import torch
+
+        labels, logits, loss = self.predict_logits(model, batches)
+        probs = torch.softmax(torch.from_numpy(logits).float(), dim=-1).numpy().astype(np.float64)
+        return labels, probs, loss
+
+    def predict_logits(self, model, batches):
+        """Gold labels (N,), logits (N, C) (float32 values as float64) and the mean loss, in batch order.
+
+        The logits, not the probabilities, are what temperature scaling needs: softmax(logits / T)
+        (lmreason/evaluation/calibration.py); log(probs) would lose rows whose probabilities underflow."""
+        import torch
         import torch.nn.functional as F
 
-        all_labels, all_probs, total_loss, count = [], [], 0.0, 0
+        all_labels, all_logits, total_loss, count = [], [], 0.0, 0
         for batch in batches:
             logits = self.forward(model, batch)[1].float()
             loss = F.cross_entropy(logits, batch["labels"], reduction="sum")
             total_loss += loss.item()
             count += len(batch["labels"])
-            all_probs.append(torch.softmax(logits, dim=-1).cpu())
+            all_logits.append(logits.cpu())
             all_labels.append(batch["labels"].cpu())
         if not all_labels:  # DDP: a rank whose share of a small validation split is empty
             return np.zeros(0, dtype=np.int64), np.zeros((0, model.config.num_labels)), 0.0
         labels = torch.cat(all_labels).numpy()
-        probs = torch.cat(all_probs).numpy().astype(np.float64)
-        return labels, probs, total_loss / max(count, 1)
+        logits = torch.cat(all_logits).numpy().astype(np.float64)
+        return labels, logits, total_loss / max(count, 1)
