@@ -40,7 +40,9 @@ REMEDIES = {
     "adversarial": ["regularization=adversarial"],  # FGM on the word embeddings (conf/regularization/adversarial.yaml)
     "eda": ["augmentation=eda"],  # EDA on the training split (conf/augmentation/eda.yaml)
     "perturb": ["augmentation=perturb"],  # the robustness suites' label-preserving perturbations as augmentation
+    "multitask": [],  # task=multi: the dataset's task and an auxiliary one on one encoder (multitask_overrides)
 }
+QUICK_SIZES = "{train: 120, validation: 40, test: 40, ood: 40}"
 
 # The figures of the table: (key, heading, higher is better)
 FIGURES = [
@@ -89,16 +91,58 @@ def sst2_subset(out: Path, source: Path, train_rows: int, validation_rows: int, 
     return target
 
 
-def dataset_overrides(name: str, args) -> list[str]:
+def dataset_entry(name: str, args) -> dict[str, str]:
+    """The data config of a dataset as {key: value}: `data` is the conf/data option, the rest its keys."""
     if name == "reasoning":  # the demo's data: syllogisms, OOD = inverted ones
-        return ["data=reasoning"] + (
-            ["'data.sizes={train: 120, validation: 40, test: 40, ood: 40}'"] if args.quick else []
-        )
+        return {"data": "reasoning", **({"sizes": QUICK_SIZES} if args.quick else {})}
     if name == "sst2":
         rows = (120, 40) if args.quick else (4000, 500)
-        path = sst2_subset(args.out, args.sst2, rows[0], rows[1], seed=0)
-        return ["data=local", f"data.path={path}", "data.name=sst2"]
+        return {
+            "data": "local",
+            "path": str(sst2_subset(args.out, args.sst2, rows[0], rows[1], seed=0)),
+            "name": "sst2",
+        }
     raise SystemExit(f"--datasets: unknown dataset {name!r}; use reasoning, sst2")
+
+
+def auxiliary_entry(name: str, args) -> tuple[str, dict[str, str]]:
+    """The task trained beside `name` by the multitask remedy: another reasoning-gym task for the syllogisms,
+    RTE (entailment, ../shared/data/rte) for SST-2. Its head is trained, not evaluated."""
+    if name == "reasoning":
+        return "family", {"data": "family", **({"sizes": QUICK_SIZES} if args.quick else {})}
+    rte = {
+        "data": "local",
+        "path": str(args.sst2.parent / "rte"),
+        "text_column": "text_a",
+        "text_pair_column": "text_b",
+    }
+    return "rte", {**rte, **({"max_rows": "{train: 120}"} if args.quick else {})}
+
+
+def data_overrides(entry: dict[str, str]) -> list[str]:
+    """`data=<option>` and one `data.<key>=<value>` per key (quoted where the value is a dict)."""
+    out = [f"data={entry['data']}"]
+    for key, value in entry.items():
+        if key != "data":
+            out.append(f"'data.{key}={value}'" if value.startswith("{") else f"data.{key}={value}")
+    return out
+
+
+def multitask_overrides(name: str, args) -> list[str]:
+    """task=multi with the dataset as its task `main` (the head evaluated) and its auxiliary task beside it."""
+
+    def inline(entry):
+        return "{" + ", ".join(f"{k}: {v}" for k, v in entry.items()) + "}"
+
+    aux_name, aux = auxiliary_entry(name, args)
+    tasks = f"{{main: {inline(dataset_entry(name, args))}, {aux_name}: {inline(aux)}}}"
+    return ["task=multi", f"'task.tasks={tasks}'", "task.monitor=val/main/acc"]
+
+
+def remedy_overrides(dataset: str, remedy: str, args) -> list[str]:
+    if remedy == "multitask":
+        return multitask_overrides(dataset, args)
+    return data_overrides(dataset_entry(dataset, args)) + REMEDIES[remedy]
 
 
 def run_command(argv: list[str], log: Path) -> None:
@@ -122,7 +166,7 @@ def _unquote(arg: str) -> str:
     return shlex.split(arg)[0] if arg.startswith("'") else arg
 
 
-def train_and_evaluate(run_dir: Path, overrides: list[str], budget: Budget, seed: int) -> None:
+def train_and_evaluate(run_dir: Path, overrides: list[str], budget: Budget, seed: int, remedy: str) -> None:
     done = run_dir / "remedies_done.json"
     if done.is_file():
         return
@@ -149,6 +193,7 @@ def train_and_evaluate(run_dir: Path, overrides: list[str], budget: Budget, seed
         [
             "evaluate",
             f"run={run_dir}",
+            *(["head=main"] if remedy == "multitask" else []),
             "split=test",
             "'diagnostics=[robustness,calibration]'",
             "diagnostics.robustness.attack=greedy",
@@ -168,6 +213,8 @@ def _read(path: Path) -> dict:
 def run_figures(run_dir: Path) -> dict:
     """The table's figures of one run, from the files its finetune and evaluate wrote (None when absent)."""
     eval_dir = run_dir / "eval"
+    if (eval_dir / "main").is_dir():  # a task=multi run: its evaluated head
+        eval_dir = eval_dir / "main"
     test, ood = _read(eval_dir / "test" / "metrics.json"), _read(eval_dir / "ood" / "metrics.json")
     robustness = _read(eval_dir / "test" / "robustness.json")
     calibration = _read(eval_dir / "calibration.json").get("splits", {})
@@ -299,11 +346,10 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     if not args.table_only:
         for dataset in datasets:
-            data = dataset_overrides(dataset, args)
             for seed in seeds:  # seed-major: a stopped experiment has every remedy for the first seeds
                 for remedy in remedies:
                     run_dir = args.out / dataset / remedy / f"seed{seed}"
-                    train_and_evaluate(run_dir, data + REMEDIES[remedy], budget, seed)
+                    train_and_evaluate(run_dir, remedy_overrides(dataset, remedy, args), budget, seed, remedy)
     table = summarise(collect(args.out, datasets, remedies, seeds))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "remedies.json").write_text(json.dumps(table, indent=2))
