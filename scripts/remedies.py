@@ -273,7 +273,7 @@ def summarise(figures: dict[str, dict[str, dict[int, dict]]]) -> dict:
                     cell["diff"] = statistics.fmean(paired)
                     cell["ci"] = ci
                     cell["real"] = ci is not None and (ci[0] > 0 or ci[1] < 0)
-                    cell["better"] = (cell["diff"] > 0) == higher
+                    cell["better"] = None if abs(cell["diff"]) < 1e-12 else (cell["diff"] > 0) == higher
                 row[key] = cell
             table[dataset][remedy] = row
     return table
@@ -294,7 +294,7 @@ def markdown(table: dict) -> str:
         lines.append("")
     lines.append(
         "mean ± std over seeds; Δ = mean paired difference from the baseline (same seed) with its 95% t-interval; "
-        "**bold** = the interval excludes 0 (a real difference at these seeds), ↑/↓ = better/worse."
+        "**bold** = the interval excludes 0 (a real difference at these seeds), ↑/↓ = better/worse, = the same."
     )
     return "\n".join(lines) + "\n"
 
@@ -305,9 +305,13 @@ def _cell(cell: dict, key: str) -> str:
     if "diff" in cell:
         ci = cell["ci"]
         interval = f" [{fmt.format(ci[0])}, {fmt.format(ci[1])}]" if ci else ""
-        delta = f"Δ {cell['diff']:+.3f}{interval} {'↑' if cell['better'] else '↓'}"
+        delta = f"Δ {cell['diff']:+.3f}{interval} {_arrow(cell['better'])}"
         text += f"<br>{'**' + delta + '**' if cell['real'] else delta}"
     return text
+
+
+def _arrow(better: bool | None) -> str:
+    return "=" if better is None else ("↑" if better else "↓")
 
 
 def collect(out: Path, datasets: list[str], remedies: list[str], seeds: list[int]) -> dict:

@@ -87,3 +87,21 @@ def test_sst2_subset_keeps_dev_as_test_and_carves_validation_from_train(remedies
     assert len(train) == 20 and len(validation) == 10 and not set(train) & set(validation)
     assert (target / "test.csv").read_text() == (source / "dev.csv").read_text()
     assert remedies.sst2_subset(tmp_path / "out", source, 20, 10, seed=0) == target  # kept, not redrawn
+
+
+@pytest.mark.slow
+def test_the_experiment_runs_end_to_end_and_resumes_without_retraining(remedies, tmp_path, capsys):
+    """Two remedies, one seed, tiny model and data: every run is trained and evaluated through the CLI, the table
+    is written, and a second call finds the finished runs and runs no command again."""
+    args = ["--quick", "--model", "tiny-bert", "--datasets", "reasoning", "--remedies", "baseline,adversarial"]
+    args += ["--seeds", "1", "--out", str(tmp_path)]
+    assert remedies.main(args) == 0
+    for remedy in ("baseline", "adversarial"):
+        run = tmp_path / "reasoning" / remedy / "seed0"
+        assert (run / "remedies_done.json").is_file() and (run / "eval" / "calibration.json").is_file()
+    table = json.loads((tmp_path / "remedies.json").read_text())["reasoning"]
+    assert table["adversarial"]["acc"]["n"] == 1 and "diff" in table["adversarial"]["acc"]
+    assert "| adversarial |" in (tmp_path / "remedies.md").read_text()
+    capsys.readouterr()
+    assert remedies.main(args) == 0
+    assert "$ lmreason" not in capsys.readouterr().out  # finished runs are kept, not redone
