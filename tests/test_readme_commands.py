@@ -36,6 +36,8 @@ SKIPPED = {
     "(the demo's steps are the lmreason commands run here)",
     r"^mkdir -p sst2 && python3 -c .*load_dataset": "downloads SST-2 from the Hugging Face hub (no network here); "
     "a tiny sst2/ in the layout that line writes stands in (SST2_ROWS)",
+    r"^python scripts/remedies\.py": "the remedies experiment trains MiniLM for tens of minutes to hours; "
+    "tests/test_remedies_script.py runs it on tiny data (slow) and checks its table",
     r"^pip install ": "installs packages into the environment (scripts/install.sh installs the extras the tests use)",
     r"^torchrun ": "several processes (DDP): tests/test_distributed.py runs lmreason under torchrun",
     r"^tensorboard ": "TensorBoard's own server, not lmreason (tests/test_finetune.py reads the runs' event files)",
