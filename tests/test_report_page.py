@@ -225,3 +225,14 @@ def test_sweep_report_writes_the_comparison_page_over_its_evaluated_jobs(tmp_pat
 def test_compare_goes_alone(tmp_path, cache_dir):
     with pytest.raises(UserError, match="compare=.* alone, without run="):
         run_command("evaluate", "compare=[a,b]", "run=c", output_dir=tmp_path, cache_dir=cache_dir)
+
+
+def test_headline_sentence_says_a_fall_only_when_its_interval_excludes_zero():
+    from lmreason.evaluation.report_context import headline_sentence
+
+    real = {"acc": {"gap": 0.294, "gap_ci": [0.238, 0.344]}}
+    text = headline_sentence("cls", real, "test", "inverted syllogisms")
+    assert text == "Accuracy falls 29.4 points (95% CI 23.8 to 34.4) from test to the OOD split: inverted syllogisms."
+    noise = {"acc": {"gap": 0.02, "gap_ci": [-0.01, 0.05]}}
+    assert "within the noise" in headline_sentence("cls", noise, "test")
+    assert "No OOD split" in headline_sentence("cls", None, "test")

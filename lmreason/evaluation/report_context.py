@@ -84,19 +84,19 @@ def headline_sentence(task: str, gap: dict | None, id_name: str, about: str | No
     key = HEADLINE[task]
     name = METRIC_NAMES[key]
     row = (gap or {}).get(key)
-    where = f"from {id_name} to the OOD split" + (f" ({about})" if about else "")
+    where = f"from {id_name} to the OOD split" + (f": {about}" if about else "")
     if not row or row.get("gap") is None:
         return f"No OOD split was evaluated, so there is no gap to report; {name} is read on {id_name} alone."
     drop, ci = row["gap"], row.get("gap_ci")
-    interval = f" (CI {100 * ci[0]:.1f} to {100 * ci[1]:.1f})" if ci else ""
+    interval = f" (95% CI {100 * ci[0]:.1f} to {100 * ci[1]:.1f})" if ci else ""
     if ci and ci[0] <= 0 <= ci[1]:
         change = 100 * -drop + 0.0  # + 0.0: no "-0.0"
         return (
-            f"{name.capitalize()} changes by {change:+.1f} points {where}{interval}: the interval contains 0, "
+            f"{name.capitalize()} changes by {change:+.1f} points{interval} {where}; the interval contains 0, "
             "so this gap is within the noise of the examples evaluated."
         )
     verb = "falls" if drop > 0 else "rises"
-    return f"{name.capitalize()} {verb} {100 * abs(drop):.1f} points {where}{interval}."
+    return f"{name.capitalize()} {verb} {100 * abs(drop):.1f} points{interval} {where}."
 
 
 def run_summary(eval_dir: Path, splits: list[str], config: dict | None, task: str, about: str | None = None) -> dict:
