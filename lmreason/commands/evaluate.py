@@ -46,7 +46,7 @@ def run(cfg: DictConfig) -> dict:
     if attribution_cfg is not None:
         from lmreason.evaluation.attribution import check_config as check_attribution
 
-        check_attribution(attribution_cfg, eval_cfg.task.name, key="diagnostics.attribution")
+        check_attribution(attribution_cfg, key="diagnostics.attribution")
     _check_ood_asked_of_a_source_with_some(cfg, eval_cfg)
     device, precision = resolve_device(cfg.device)
     task = get_task(eval_cfg.task)
@@ -106,7 +106,7 @@ def run(cfg: DictConfig) -> dict:
             session, task, list(requests.values()), robustness_cfg, run_dir, cfg.cache_dir
         )
     if attribution_cfg is not None:  # eval/<split>/attribution.json and attributions.jsonl
-        from lmreason.evaluation.attribution import run_attribution
+        from lmreason.evaluation.attribution_run import run_attribution
 
         results["attribution"] = run_attribution(
             session, task, list(requests.values()), attribution_cfg, run_dir, data.splits.get("train"), data.label_names
