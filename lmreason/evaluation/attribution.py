@@ -300,7 +300,9 @@ def _classify(session, texts, pairs, model=None):
 
 def edit_text(text: str, pair: str | None, spans, drop: set[int] | None = None, keep: set[int] | None = None):
     """(text, pair) with the words `drop` deleted (everything else, spacing included, as it was), or with only the
-    words `keep`, joined by single spaces. Text beyond the words (truncated away) is dropped when keeping."""
+    words `keep`, each with the whitespace that precedes it in the text (a byte-level BPE tokenizer, GPT-2's or
+    SmolLM2's, spells " great" and "great" as different tokens: a kept word keeps its own). Text beyond the words
+    (truncated away) is dropped when keeping."""
     sources = [text, pair]
     result = []
     for seq in (0, 1):
@@ -310,7 +312,8 @@ def edit_text(text: str, pair: str | None, spans, drop: set[int] | None = None, 
             continue
         mine = [(j, s, e) for j, (q, s, e) in enumerate(spans) if q == seq]
         if keep is not None:
-            result.append(" ".join(source[s:e] for j, s, e in mine if j in keep))
+            kept = [source[:s][len(source[:s].rstrip()) :] + source[s:e] for j, s, e in mine if j in keep]
+            result.append("".join(kept))
             continue
         pieces, at = [], 0
         for j, s, e in mine:
