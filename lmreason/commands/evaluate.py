@@ -111,6 +111,10 @@ def run(cfg: DictConfig) -> dict:
         results["attribution"] = run_attribution(
             session, task, list(requests.values()), attribution_cfg, run_dir, data.splits.get("train"), data.label_names
         )
+        if robustness_cfg is not None:  # the suites' flipped examples, attributed before and after
+            from lmreason.evaluation.flip_attribution import attribute_flips
+
+            results["attribution_flips"] = attribute_flips(session, task, list(requests.values()), attribution_cfg)
     if run_dir is not None:
         log_to_tensorboard(run_dir, results)
     console.print(f"reports written to {out_root}")
