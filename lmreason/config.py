@@ -102,6 +102,11 @@ class AttributionMethod(StrEnum):  # what lmreason.evaluation.attribution comput
     occlusion = "occlusion"  # leave-one-word-out: drop in the predicted label's probability (model-agnostic)
 
 
+class AttributionTarget(StrEnum):  # task=gen: whose log-probability attributions explain
+    generated = "generated"  # the answer the model generated
+    reference = "reference"  # the reference completion (evaluate only: infer has none)
+
+
 class Quantize(StrEnum):  # export.quantize: which graphs lmreason export writes besides the fp32 one
     none = "none"
     int8 = "int8"
@@ -363,6 +368,7 @@ class AttributionConfig:
     n_steps: int = 32
     internal_batch_size: int = 256
     delta_warning: float = 0.1
+    target: AttributionTarget = AttributionTarget.generated
 
 
 @dataclass

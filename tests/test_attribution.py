@@ -201,8 +201,8 @@ def test_bad_settings_are_one_line_errors(finished_run, tmp_path, cache_dir):
             output_dir=tmp_path,
             cache_dir=cache_dir,
         )
-    with pytest.raises(UserError, match="need a classifier") as info:
-        check_config(acfg(), "gen")
+    with pytest.raises(UserError, match=r"attribution.k_percents=\[0.0\]: give percentages in \(0, 100\]") as info:
+        check_config(acfg(k_percents=[0.0]))
     assert "\n" not in str(info.value)
     with pytest.raises(Exception, match="saliency"):  # an unknown method fails at compose time, naming it
         run_command(
@@ -214,37 +214,6 @@ def test_bad_settings_are_one_line_errors(finished_run, tmp_path, cache_dir):
             output_dir=tmp_path,
             cache_dir=cache_dir,
         )
-
-
-def test_explain_on_a_generation_model_is_one_clear_error(tmp_path, cache_dir):
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    from lmreason.models.packaged import resolve_model_path
-
-    tiny_dir = resolve_model_path("smollm2-135m-instruct-config", cache_dir)
-    config = AutoConfig.from_pretrained(tiny_dir)
-    config.update(
-        {
-            "hidden_size": 32,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 1,
-            "head_dim": 16,
-            "intermediate_size": 64,
-        }
-    )
-    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "gen")
-    AutoTokenizer.from_pretrained(tiny_dir).save_pretrained(tmp_path / "gen")
-    with pytest.raises(UserError, match="attributions need a classifier") as info:
-        run_command(
-            "infer",
-            f"checkpoint={tmp_path / 'gen'}",
-            "text=What is 3 + 4?",
-            "explain=true",
-            output_dir=tmp_path,
-            cache_dir=cache_dir,
-        )
-    assert "\n" not in str(info.value)
 
 
 # ------------------------------------------------------------------ the commands on a trained run
@@ -317,6 +286,16 @@ def test_evaluate_attribution_with_robustness(finished_run, tmp_path, cache_dir,
         entry = next(iter(payload["leaned_on"].values()))[0]
         assert {"word", "mean_score", "examples", "train_pmi", "flag"} <= set(entry)
     assert "attribution faithfulness" in out and "what the model leans on" in out and "sanity check" in out
+    for split in ("test", "ood"):  # identity flips nothing: the flip files say so
+        assert read_json(finished_run / "eval" / split / "flip_attribution.json")["flipped"] == 0
+        assert (finished_run / "eval" / split / "flip_attributions.jsonl").read_text() == ""
+    assert set(results["attribution_flips"]) == {"test", "ood"}
+    scalars = tensorboard_scalars(finished_run / "tb")
+    for figure in ("comprehensiveness", "random_comprehensiveness", "sufficiency", "random_sufficiency"):
+        value = results["attribution"]["test"]["faithfulness"][figure]
+        assert scalars[f"attribution/test/{figure}"] == pytest.approx(value, rel=1e-5)
+    rho = results["attribution"]["ood"]["sanity_check"]["rank_correlation"]
+    assert scalars["attribution/ood/rank_correlation"] == pytest.approx(rho, rel=1e-5)
     # same seed, same figures
     again = run_command(
         "evaluate",
@@ -333,6 +312,19 @@ def test_evaluate_attribution_with_robustness(finished_run, tmp_path, cache_dir,
     assert again["attribution"]["test"]["faithfulness"] == results["attribution"]["test"]["faithfulness"]
 
 
+def tensorboard_scalars(tb_dir) -> dict:
+    """The last value of every scalar tag in the run's TensorBoard events."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    values = {}
+    for event_file in sorted(tb_dir.glob("events.*")):
+        acc = EventAccumulator(str(event_file))
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            values[tag] = acc.Scalars(tag)[-1].value
+    return values
+
+
 def test_the_group_composes_and_the_yaml_matches_the_schema():
     from lmreason.config import AttributionConfig, AttributionDiagnosticsConfig
 
@@ -345,3 +337,28 @@ def test_the_group_composes_and_the_yaml_matches_the_schema():
     )
     assert OmegaConf.to_container(infer.attribution) == OmegaConf.to_container(OmegaConf.structured(AttributionConfig))
     assert infer.explain is False
+
+
+def test_flipped_examples_are_attributed_before_and_after(tokenizer, tmp_path):
+    """A flip that deleted the one word the model reads: all the attribution before sat on the changed word."""
+    from lmreason.evaluation.flip_attribution import changed_words, flips_of_split
+
+    assert changed_words(["the", "film", "was", "great"], ["the", "film", "was", "grate"]) == {3}
+    great = tokenizer.convert_tokens_to_ids("great")
+    session = session_of(OneTokenModel(tokenizer.vocab_size, great), tokenizer)
+    records = [
+        {"suite": "character/typos", "original": "the film was great", "perturbed": "the film was grate"},
+        {"suite": "character/typos", "original": "great fun, long", "perturbed": "great fun; lnog"},
+    ]
+    for r, after in zip(records, ("neg", "pos")):
+        r.update(predicted_before="pos", predicted_after=after)
+    (tmp_path / "robustness.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    request = SimpleNamespace(name="test", out_dir=tmp_path, dataset=SimpleNamespace(column_names=["text"]))
+    payload, rows = flips_of_split(session, SimpleNamespace(name="cls"), request, acfg())
+    first, second = rows
+    assert first["changed_words"] == ["great"] and first["changed_mass"] == pytest.approx(1.0, abs=1e-3)
+    assert first["top_changed"] and first["changed_share"] == pytest.approx(0.25)
+    assert first["before"]["label"] == "pos" and first["after"]["label"] == "neg"  # each toward its own prediction
+    assert second["changed_mass"] == pytest.approx(0.0, abs=1e-3) and not second["top_changed"]  # "great" kept
+    t = payload["tests"]["character/typos"]
+    assert t["flipped"] == 2 and t["changed_mass"] == pytest.approx(0.5, abs=1e-3) and t["top_changed"] == 0.5

@@ -62,7 +62,7 @@ def evaluate_model(cfg: DictConfig, checkpoint_dir: Path, run_dir: Path | None, 
     if attribution_cfg is not None:
         from lmreason.evaluation.attribution import check_config as check_attribution
 
-        check_attribution(attribution_cfg, eval_cfg.task.name, key="diagnostics.attribution")
+        check_attribution(attribution_cfg, key="diagnostics.attribution")
     calibration_cfg = cfg.diagnostics.calibration if cfg.get("diagnostics") else None
     if calibration_cfg is not None:
         from lmreason.evaluation.calibration import check_config as check_calibration
@@ -134,11 +134,15 @@ def evaluate_model(cfg: DictConfig, checkpoint_dir: Path, run_dir: Path | None, 
             session, task, list(requests.values()), robustness_cfg, run_dir, cfg.cache_dir
         )
     if attribution_cfg is not None:  # eval/<split>/attribution.json and attributions.jsonl
-        from lmreason.evaluation.attribution import run_attribution
+        from lmreason.evaluation.attribution_run import run_attribution
 
         results["attribution"] = run_attribution(
             session, task, list(requests.values()), attribution_cfg, run_dir, data.splits.get("train"), data.label_names
         )
+        if robustness_cfg is not None:  # the suites' flipped examples, attributed before and after
+            from lmreason.evaluation.flip_attribution import attribute_flips
+
+            results["attribution_flips"] = attribute_flips(session, task, list(requests.values()), attribution_cfg)
     if calibration_cfg is not None:  # eval/calibration.json, <checkpoint>/calibration.json (the temperature infer uses)
         from lmreason.evaluation.calibration import run_calibration
 

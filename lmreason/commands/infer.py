@@ -86,10 +86,8 @@ def run(cfg: DictConfig) -> list[dict]:
     checkpoint_dir, _ = resolve_checkpoint(cfg.run, cfg.checkpoint)
     saved = saved_run_config(checkpoint_dir)
     task = get_task(saved.task if saved is not None else task_of_model_dir(checkpoint_dir))
-    if cfg.explain:  # bad settings (or a task=gen model) fail before the model loads
-        from lmreason.evaluation.attribution import check_config
-
-        check_config(cfg.attribution, task.name)
+    if cfg.explain:  # bad settings fail before the model loads
+        _check_explain(cfg, task.name, checkpoint_dir)
     from lmreason.evaluation.calibration import temperature_for_inference
 
     applied = temperature_for_inference(checkpoint_dir, cfg.get("calibrated"), task.name)  # before the model loads
@@ -110,15 +108,19 @@ def run(cfg: DictConfig) -> list[dict]:
     )  # one answer on the terminal: print it as it comes
     began = time.perf_counter()
     if task.name == "gen":
-        predictions = infer_answers(session, task, texts, pairs, stream=streamed)
+        predictions = infer_answers(session, task, texts, pairs, stream=streamed, with_ids=cfg.explain)
     else:
         predictions = infer_labels(session, texts, pairs, applied.temperature)
-    if cfg.explain:  # a score per word toward the predicted label (lmreason.evaluation.attribution)
+    if cfg.explain:  # a score per word toward the predicted label / the generated answer (evaluation.attribution)
         from lmreason.evaluation.attribution import delta_warning, explain_rows
 
-        warning = delta_warning(
-            explain_rows(session, predictions, texts, pairs, cfg.attribution), cfg.attribution.delta_warning
-        )
+        if task.name == "gen":
+            from lmreason.evaluation.gen_attribution import explain_generation_rows
+
+            attributions = explain_generation_rows(session, task, predictions, texts, cfg.attribution)
+        else:
+            attributions = explain_rows(session, predictions, texts, pairs, cfg.attribution)
+        warning = delta_warning(attributions, cfg.attribution.delta_warning)
         if warning:
             console.print(f"[yellow]{warning}[/]")
     seconds = time.perf_counter() - began  # tokenize + batch + forward (model loading and file I/O excluded)
@@ -149,6 +151,31 @@ def run(cfg: DictConfig) -> list[dict]:
         f"{len(predictions)} predictions in {seconds:.3f} s ({len(predictions) / max(seconds, 1e-9):.1f}/s, {where})"
     )
     return predictions
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model")
+
+
+def _check_explain(cfg: DictConfig, task_name: str, checkpoint_dir: Path) -> None:
+    """explain=true's settings, and what a checkpoint must have for them, before the model loads.
+
+    Raises:
+        UserError: bad attribution settings; target=reference (infer has no reference answers); a checkpoint
+            without a tokenizer (attributions are per token and per word).
+    """
+    from lmreason.evaluation.attribution import check_config
+
+    check_config(cfg.attribution)
+    if not any((Path(checkpoint_dir) / name).is_file() for name in TOKENIZER_FILES):
+        raise UserError(
+            f"explain=true: {checkpoint_dir} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); attributions "
+            "are per token and word: save the tokenizer beside the weights (tokenizer.save_pretrained(<dir>))"
+        )
+    if task_name == "gen" and str(cfg.attribution.target) == "reference":
+        raise UserError(
+            "attribution.target=reference: infer has no reference answers to explain; use target=generated, "
+            "or evaluate 'diagnostics=[attribution]' diagnostics.attribution.target=reference on data with them"
+        )
 
 
 main = hydra_command("infer")(run)

@@ -19,8 +19,8 @@ in the graph (earlier layers and the last layer's keys/values see all positions)
 
 `faithfulness(...)` (ERASER, DeYoung et al. 2020): comprehensiveness = p(y|x) - p(y|x without the top-k%
 words), sufficiency = p(y|x) - p(y|only the top-k% words), averaged over k (AOPC), each beside the same
-figure for the same number of randomly chosen words (seeded). `run_attribution(...)`: evaluate's
-`diagnostics=attribution`, per split (see its docstring).
+figure for the same number of randomly chosen words (seeded). evaluate's `diagnostics=attribution` runs
+per split from lmreason.evaluation.attribution_run; task=gen attributions are in gen_attribution.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -40,12 +39,11 @@ METHODS = ("integrated_gradients", "gradient_x_input", "occlusion")
 
 
 # ------------------------------------------------------------------ config
-def check_config(acfg, task_name: str | None = None, key: str = "attribution") -> None:
+def check_config(acfg, key: str = "attribution") -> None:
     """Bad settings as one line, before any model is loaded.
 
     Raises:
-        UserError: n_steps or the batch size < 1, a negative warning threshold or count, k outside (0, 100],
-            a task=gen model (attributions need a classifier for now).
+        UserError: n_steps or the batch size < 1, a negative warning threshold or count, k outside (0, 100].
     """
     if str(acfg.method) not in METHODS:
         raise UserError(f"{key}.method={acfg.method}: unknown method; known: {', '.join(METHODS)}")
@@ -70,11 +68,6 @@ def check_config(acfg, task_name: str | None = None, key: str = "attribution") -
             raise UserError(
                 f"{key}.k_percents={list(acfg.k_percents)}: give percentages in (0, 100], e.g. [5,10,20,50]"
             )
-    if task_name == "gen":
-        raise UserError(
-            f"{key}: attributions need a classifier (task=cls); this is a task=gen model "
-            "(attribution of generated answers is not implemented yet)"
-        )
 
 
 # ------------------------------------------------------------------ attributions
@@ -92,10 +85,15 @@ class Attribution:
     delta: float | None = None  # sum of token scores - logit change (None: occlusion)
     logit_change: float | None = None  # target logit at x minus at the baseline
     method: str = "integrated_gradients"
+    target_logprob: float | None = None  # task=gen: log p(answer | prompt), the explained quantity
+    answer_tokens: list[str] | None = None  # task=gen: the answer's tokens (generated or reference)
 
     def as_record(self) -> dict:
         row = asdict(self)
         row["word_spans"] = [list(s) for s in self.word_spans]
+        for key in ("target_logprob", "answer_tokens"):  # task=gen only
+            if row[key] is None:
+                del row[key]
         return row
 
 
@@ -166,8 +164,9 @@ def attribute(
                 token_scores = torch.zeros(padded["input_ids"].shape)  # filled per word below
                 delta = change = [None] * len(batch)
             else:
+                at_input = logits.gather(1, target[:, None])[:, 0]
                 token_scores, delta, change = _integrated_gradients(
-                    model, inputs, special.to(session.device), target, tokenizer.pad_token_id, acfg, method
+                    model, inputs, (special.to(session.device), at_input), target, tokenizer.pad_token_id, acfg
                 )
             for row, i in enumerate(batch):
                 t = int(target[row])
@@ -193,11 +192,17 @@ def attribute(
     return out
 
 
-def _integrated_gradients(model, inputs: dict, special, target, pad_id: int, acfg, method: str):
-    """(token scores (B, T), delta per example, logit change per example) by Captum LIG."""
+def _integrated_gradients(model, inputs: dict, special_and_logit: tuple, target, pad_id: int, acfg):
+    """(token scores (B, T), delta per example, logit change per example) by Captum LIG (or gradient x input).
+
+    `special_and_logit`: (special-token mask (B, T), the target logit at the input, already computed by the
+    caller). Completeness is checked here with one forward pass at the baseline, not by Captum's
+    `return_convergence_delta` (two more full forward passes, one of them at the input again).
+    """
     import torch
     from captum.attr import LayerIntegratedGradients
 
+    special, at_input = special_and_logit
     input_ids = inputs["input_ids"]
     baseline = torch.where(special, input_ids, torch.full_like(input_ids, pad_id))  # (B, T)
     extra = tuple(inputs[k] for k in ("attention_mask", "token_type_ids") if k in inputs)
@@ -206,28 +211,24 @@ def _integrated_gradients(model, inputs: dict, special, target, pad_id: int, acf
     def forward(ids, *args):
         return model(input_ids=ids, **dict(zip(names, args))).logits.float()
 
-    if method == "integrated_gradients":
+    if str(acfg.method) == "integrated_gradients":
         lig = LayerIntegratedGradients(forward, model.get_input_embeddings())
-        attributions, delta = lig.attribute(
+        attributions = lig.attribute(
             input_ids,
             baselines=baseline,
             target=target,
             additional_forward_args=extra,
             n_steps=int(acfg.n_steps),
             internal_batch_size=int(acfg.internal_batch_size),
-            return_convergence_delta=True,
         )
     else:  # gradient x (input - baseline) at the input: one forward and one backward pass
         attributions = _gradient_x_input(model, forward, input_ids, baseline, extra, target)
-        delta = None
     scores = attributions.float().sum(dim=-1).detach().cpu()  # (B, T): summed over the embedding dimension
     with torch.no_grad():
-        at_input = forward(input_ids, *extra).gather(1, target[:, None])[:, 0]
         at_baseline = forward(baseline, *extra).gather(1, target[:, None])[:, 0]
-    change = (at_input - at_baseline).cpu().tolist()
-    if delta is None:  # completeness error of the one-step estimate
-        delta = scores.sum(dim=1) - torch.tensor(change)
-    return scores, [float(d) for d in delta.detach().cpu()], change
+    change = (at_input - at_baseline).cpu()
+    delta = scores.sum(dim=1) - change  # completeness error (Captum's convergence delta, same definition)
+    return scores, [float(d) for d in delta], change.tolist()
 
 
 def _gradient_x_input(model, forward, input_ids, baseline, extra, target):
@@ -299,7 +300,9 @@ def _classify(session, texts, pairs, model=None):
 
 def edit_text(text: str, pair: str | None, spans, drop: set[int] | None = None, keep: set[int] | None = None):
     """(text, pair) with the words `drop` deleted (everything else, spacing included, as it was), or with only the
-    words `keep`, joined by single spaces. Text beyond the words (truncated away) is dropped when keeping."""
+    words `keep`, each with the whitespace that precedes it in the text (a byte-level BPE tokenizer, GPT-2's or
+    SmolLM2's, spells " great" and "great" as different tokens: a kept word keeps its own). Text beyond the words
+    (truncated away) is dropped when keeping."""
     sources = [text, pair]
     result = []
     for seq in (0, 1):
@@ -309,7 +312,8 @@ def edit_text(text: str, pair: str | None, spans, drop: set[int] | None = None, 
             continue
         mine = [(j, s, e) for j, (q, s, e) in enumerate(spans) if q == seq]
         if keep is not None:
-            result.append(" ".join(source[s:e] for j, s, e in mine if j in keep))
+            kept = [source[:s][len(source[:s].rstrip()) :] + source[s:e] for j, s, e in mine if j in keep]
+            result.append("".join(kept))
             continue
         pieces, at = [], 0
         for j, s, e in mine:
@@ -322,15 +326,11 @@ def edit_text(text: str, pair: str | None, spans, drop: set[int] | None = None, 
 
 
 # ------------------------------------------------------------------ faithfulness (ERASER)
-def faithfulness(session, attributions: list[Attribution], texts, pairs, k_percents, seed: int, model=None) -> dict:
-    """AOPC comprehensiveness and sufficiency of the attributions and of random word choices (seeded).
-
-    Words are ranked by their score toward the predicted label (highest first); top-k% = ceil(k/100 x words),
-    at least one. Every deleted / kept-only variant is classified in one batched call.
-    Returns {comprehensiveness, sufficiency, random_comprehensiveness, random_sufficiency, per_k: {k: {...}}, n}.
-    """
+def erasure_variants(attributions: list[Attribution], texts, pairs, k_percents, seed: int) -> tuple[list, list]:
+    """(variants, owners): per example and k, the text without / with only its top-k% words and as many random
+    words (seeded); owner = (example, k index, kind), kind in comp, rcomp, suff, rsuff."""
     rng = np.random.default_rng(seed)
-    variants, owners = [], []  # owner: (example, k index, kind) kind in comp, suff, rcomp, rsuff
+    variants, owners = [], []
     for i, a in enumerate(attributions):
         n = len(a.words)
         if n == 0:
@@ -346,39 +346,51 @@ def faithfulness(session, attributions: list[Attribution], texts, pairs, k_perce
             for kind, chosen in (("suff", top), ("rsuff", rand)):
                 variants.append(edit_text(texts[i], pairs[i] if pairs else None, a.word_spans, keep=chosen))
                 owners.append((i, ki, kind))
+    return variants, owners
+
+
+FIGURES = (
+    ("comprehensiveness", "comp"),
+    ("sufficiency", "suff"),
+    ("random_comprehensiveness", "rcomp"),
+    ("random_sufficiency", "rsuff"),
+)
+
+
+def aopc(drops: dict, k_percents, n: int) -> dict:
+    """The four figures averaged over k (AOPC) from drops[(k index, kind)] = [drop per example], and per k."""
+    result = {"n": n, "k_percents": [float(k) for k in k_percents]}
+    if not drops:
+        return {**result, **{figure: None for figure, _ in FIGURES}, "per_k": {}}
+    per_k = {
+        str(k): {figure: float(np.mean(drops[(ki, short)])) for figure, short in FIGURES}
+        for ki, k in enumerate(k_percents)
+    }
+    for figure, _ in FIGURES:
+        result[figure] = float(np.mean([v[figure] for v in per_k.values()]))
+    result["per_k"] = per_k
+    return result
+
+
+def faithfulness(session, attributions: list[Attribution], texts, pairs, k_percents, seed: int, model=None) -> dict:
+    """AOPC comprehensiveness and sufficiency of the attributions and of random word choices (seeded).
+
+    Words are ranked by their score toward the predicted label (highest first); top-k% = ceil(k/100 x words),
+    at least one. Every deleted / kept-only variant is classified in one batched call.
+    Returns {comprehensiveness, sufficiency, random_comprehensiveness, random_sufficiency, per_k: {k: {...}}, n}.
+    """
     from lmreason.evaluation.loading import label_names_of
 
-    names = label_names_of(session.model)
-    result = {"n": len({o[0] for o in owners}), "k_percents": [float(k) for k in k_percents]}
+    variants, owners = erasure_variants(attributions, texts, pairs, k_percents, seed)
     if not variants:
-        return {
-            **result,
-            "comprehensiveness": None,
-            "sufficiency": None,
-            "random_comprehensiveness": None,
-            "random_sufficiency": None,
-            "per_k": {},
-        }
+        return aopc({}, k_percents, 0)
+    names = label_names_of(session.model)
     probs = _classify(session, [v[0] for v in variants], [v[1] for v in variants] if pairs else None, model)
     drops: dict[tuple[int, str], list[float]] = {}
     for (i, ki, kind), p in zip(owners, probs):
         a = attributions[i]
         drops.setdefault((ki, kind), []).append(a.confidence - float(p[names.index(a.label)]))
-    per_k = {}
-    for ki, k in enumerate(k_percents):
-        per_k[str(k)] = {
-            kind: float(np.mean(drops[(ki, short)]))
-            for kind, short in (
-                ("comprehensiveness", "comp"),
-                ("sufficiency", "suff"),
-                ("random_comprehensiveness", "rcomp"),
-                ("random_sufficiency", "rsuff"),
-            )
-        }
-    for kind in ("comprehensiveness", "sufficiency", "random_comprehensiveness", "random_sufficiency"):
-        result[kind] = float(np.mean([v[kind] for v in per_k.values()]))
-    result["per_k"] = per_k
-    return result
+    return aopc(drops, k_percents, len({o[0] for o in owners}))
 
 
 # ------------------------------------------------------------------ sanity check (Adebayo et al. 2018)
@@ -428,16 +440,15 @@ def sanity_check(session, attributions: list[Attribution], texts, pairs, acfg, s
     rhos = [spearman(np.abs(a.scores), np.abs(b.scores)) for a, b in zip(attributions, other)]
     rhos = [r for r in rhos if r is not None]
     mean = float(np.mean(rhos)) if rhos else None
-    verdict = (
-        None
-        if mean is None
-        else (
-            "high: the attributions barely depend on what the model learned (they may reflect the input's form)"
-            if mean > 0.5
-            else "low: the attributions depend on the trained weights (passes the model-randomisation check)"
-        )
-    )
-    return {"rank_correlation": mean, "n": len(rhos), "verdict": verdict}
+    return {"rank_correlation": mean, "n": len(rhos), "verdict": sanity_verdict(mean)}
+
+
+def sanity_verdict(mean: float | None) -> str | None:
+    if mean is None:
+        return None
+    if mean > 0.5:
+        return "high: the attributions barely depend on what the model learned (they may reflect the input's form)"
+    return "low: the attributions depend on the trained weights (passes the model-randomisation check)"
 
 
 # ------------------------------------------------------------------ infer explain=true
@@ -492,17 +503,32 @@ def coloured_words(words: list[str], scores: list[float]):
 
 
 def print_explanations(rows: list[dict], console, shown: int) -> None:
-    """Per input: the label and confidence, then its words coloured by score, then the top words with their values."""
+    """Per input: the label and confidence (task=gen: the answer and its log-probability), then its words coloured by
+    score, then the top words with their values."""
+    from rich.markup import escape
+
     for row in rows[:shown]:
         delta = (
             ""
             if row.get("delta") is None
             else f", delta {row['delta']:+.2e} of logit change {row['logit_change']:+.4f}"
         )
-        console.print(f"[bold]{row['label']}[/] ({row['confidence']:.3f}; {row['method']}{delta})")
+        if "label" in row:
+            console.print(f"[bold]{row['label']}[/] ({row['confidence']:.3f}; {row['method']}{delta})")
+        else:  # task=gen: the words of the prompt toward the generated answer's log-probability
+            console.print(
+                f"answer [bold]{escape(row['generated'])}[/] "
+                f"(log p {row['target_logprob']:+.3f}; {row['method']}{delta})"
+            )
         console.print(coloured_words(row["words"], row["scores"]))
         order = sorted(range(len(row["words"])), key=lambda j: -abs(row["scores"][j]))[:5]
         console.print("  top: " + ", ".join(f"{row['words'][j]} {row['scores'][j]:+.3g}" for j in order))
+    if rows and "label" not in rows[0]:
+        console.print(
+            "[dim]green: raises the answer's log-probability, red: lowers it (nats; occlusion: its drop when the "
+            "word is deleted)[/]"
+        )
+        return
     console.print(
         "[dim]green: toward the predicted label, red: against it (integrated gradients / gradient x input: "
         "logit units; occlusion: probability drop)[/]"
@@ -614,13 +640,7 @@ def attribution_of_split(session, request, acfg, train_association: dict | None)
         "examples": {"error": sum(g == "error" for _, g in chosen), "correct": sum(g == "correct" for _, g in chosen)},
         "attribution_seconds": seconds,
     }
-    ratios = [abs(a.delta) / max(abs(a.logit_change), 1e-6) for a in attributions if a.delta is not None]
-    payload["delta"] = {
-        "mean_abs": float(np.mean([abs(a.delta) for a in attributions if a.delta is not None])) if ratios else None,
-        "mean_relative": float(np.mean(ratios)) if ratios else None,
-        "over_threshold": len(large_deltas(attributions, float(acfg.delta_warning))),
-        "warning": delta_warning(attributions, float(acfg.delta_warning), key="diagnostics.attribution"),
-    }
+    payload["delta"] = delta_summary(attributions, acfg)
     payload["faithfulness"] = faithfulness(
         session, attributions, sel_texts, sel_pairs, list(acfg.k_percents), int(acfg.seed)
     )
@@ -646,42 +666,15 @@ def attribution_of_split(session, request, acfg, train_association: dict | None)
     return payload, records
 
 
-def run_attribution(
-    session, task, requests, acfg, run_dir: Path | None = None, train_dataset=None, label_names: list[str] | None = None
-) -> dict:
-    """`diagnostics=attribution` on each split request: eval/<split>/attributions.jsonl (every attributed example) and
-    eval/<split>/attribution.json (faithfulness vs random, sanity check, words leaned on); prints the tables.
-
-    The examples per split: the `errors` most confident errors and `correct` correct ones (seeded draw).
-    Word association (PMI) comes from `train_dataset` when given (the run's training split).
-    Raises:
-        UserError: bad settings, a task=gen model.
-    """
-    from lmreason.evaluation.outputs import write_json, write_jsonl
-    from lmreason.ui import console
-
-    check_config(acfg, task.name, key="diagnostics.attribution")
-    association = None
-    if train_dataset is not None and label_names:
-        association = label_association(list(train_dataset["text"]), [label_names[y] for y in train_dataset["labels"]])
-    results = {}
-    for request in requests:
-        payload, records = attribution_of_split(session, request, acfg, association)
-        write_jsonl(request.out_dir / "attributions.jsonl", records)
-        write_json(request.out_dir / "attribution.json", payload)
-        results[request.name] = payload
-        if payload["delta"]["warning"]:
-            console.print(f"[yellow]{request.name}: {payload['delta']['warning']}[/]")
-    console.print(faithfulness_table(results))
-    for split, payload in results.items():
-        s = payload.get("sanity_check")
-        if s and s["verdict"]:
-            console.print(
-                f"sanity check ({split}): rank correlation with a re-initialised encoder {s['rank_correlation']:.2f} "
-                f"over {s['n']} examples — {s['verdict']}"
-            )
-        console.print(leaned_on_table(split, payload["leaned_on"]))
-    return results
+def delta_summary(attributions: list[Attribution], acfg) -> dict:
+    """Completeness over a split: mean |delta|, mean |delta| / |change|, how many exceed the warning threshold."""
+    ratios = [abs(a.delta) / max(abs(a.logit_change), 1e-6) for a in attributions if a.delta is not None]
+    return {
+        "mean_abs": float(np.mean([abs(a.delta) for a in attributions if a.delta is not None])) if ratios else None,
+        "mean_relative": float(np.mean(ratios)) if ratios else None,
+        "over_threshold": len(large_deltas(attributions, float(acfg.delta_warning))),
+        "warning": delta_warning(attributions, float(acfg.delta_warning), key="diagnostics.attribution"),
+    }
 
 
 def faithfulness_table(results: dict):
@@ -693,7 +686,12 @@ def faithfulness_table(results: dict):
         title_justify="left",
         caption_justify="left",
         caption="comprehensiveness: probability drop when the top words are removed (higher = more faithful); "
-        "sufficiency: drop when only they are kept (lower = more faithful); random: the same number of random words",
+        "sufficiency: drop when only they are kept (lower = more faithful); random: the same number of random words"
+        + (
+            "; task=gen: drops of the answer's log-probability (nats), |delta| relative to its change"
+            if any(p.get("task") == "gen" for p in results.values())
+            else ""
+        ),
     )
     table.add_column("figure", style="bold")
     for split in results:

@@ -34,7 +34,12 @@ def generate_texts(
     `streamer` (a transformers TextStreamer) prints tokens as they come; batches are then of one prompt.
     """
     tokens, finished = generate_ids(model, tokenizer, prompt_ids, gen_cfg, device, precision, streamer)
-    return [tokenizer.decode(t, skip_special_tokens=True).strip() for t in tokens], finished
+    return decode_answers(tokenizer, tokens), finished
+
+
+def decode_answers(tokenizer, tokens: list[list[int]]) -> list[str]:
+    """The answers' texts as lmreason scores and shows them: special tokens left out, surrounding space stripped."""
+    return [tokenizer.decode(t, skip_special_tokens=True).strip() for t in tokens]
 
 
 def generate_ids(

@@ -33,15 +33,16 @@ def infer_labels(
 
 
 def infer_answers(
-    session: InferenceSession, task, texts: list[str], pairs: list[str] | None, stream: bool
+    session: InferenceSession, task, texts: list[str], pairs: list[str] | None, stream: bool, with_ids: bool = False
 ) -> list[dict]:
     """{text, generated, finished} per prompt, in input order. `stream`: print the (single) answer
-    token by token as it is generated.
+    token by token as it is generated; `with_ids`: also `answer_ids`, the generated token ids (what
+    explain=true attributes).
 
     Raises:
         UserError: sentence pairs given to a generation model.
     """
-    from lmreason.evaluation.generation import generate_texts
+    from lmreason.evaluation.generation import decode_answers, generate_ids
 
     if pairs is not None:
         raise UserError(
@@ -54,7 +55,14 @@ def infer_answers(
         from transformers import TextStreamer
 
         streamer = TextStreamer(session.tokenizer, skip_prompt=True, skip_special_tokens=True)
-    generated, finished = generate_texts(
+    ids, finished = generate_ids(
         session.model, session.tokenizer, prompts, session.generation, session.device, session.precision, streamer
     )
-    return [{"text": text, "generated": out, "finished": done} for text, out, done in zip(texts, generated, finished)]
+    rows = [
+        {"text": text, "generated": out, "finished": done}
+        for text, out, done in zip(texts, decode_answers(session.tokenizer, ids), finished)
+    ]
+    if with_ids:
+        for row, answer in zip(rows, ids):
+            row["answer_ids"] = answer
+    return rows

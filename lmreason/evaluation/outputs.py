@@ -66,8 +66,9 @@ def log_to_tensorboard(run_dir: Path, results: dict, summary_text: str | None = 
     from lmreason.evaluation.plots import confusion_figure, reliability_figure
 
     writer = SummaryWriter(log_dir=str(Path(run_dir) / "tb"))
+    _log_attribution(writer, results)
     for name, metrics in results.items():
-        if name == "gap" or not isinstance(metrics, dict):
+        if name in ("gap", "attribution", "attribution_flips", "robustness", "calibration") or not isinstance(metrics, dict):
             continue
         split = name if prefix in (".", "") else f"{prefix}/{name}"
         for key in ("acc", "f1_macro", "ece", "loss", "exact_match", "perplexity"):
@@ -86,3 +87,25 @@ def log_to_tensorboard(run_dir: Path, results: dict, summary_text: str | None = 
     if summary_text:
         writer.add_text("report/summary", summary_text, 0)
     writer.close()
+
+
+ATTRIBUTION_SCALARS = (
+    ("faithfulness", ("comprehensiveness", "random_comprehensiveness", "sufficiency", "random_sufficiency")),
+    ("sanity_check", ("rank_correlation",)),
+    ("delta", ("mean_relative",)),
+)
+
+
+def _log_attribution(writer, results: dict) -> None:
+    """attribution/<split>/<figure> (faithfulness vs random, the sanity check's rank correlation, relative delta)
+    and attribution_flips/<test>/<split>/<figure> scalars (step 0)."""
+    for split, payload in (results.get("attribution") or {}).items():
+        for group, figures in ATTRIBUTION_SCALARS:
+            section = payload.get(group) or {}
+            for figure in figures:
+                if isinstance(section.get(figure), (int, float)):
+                    writer.add_scalar(f"attribution/{split}/{figure}", section[figure], 0)
+    for split, payload in (results.get("attribution_flips") or {}).items():
+        for key, t in payload.get("tests", {}).items():
+            for figure in ("changed_mass", "changed_share", "top_changed"):
+                writer.add_scalar(f"attribution_flips/{key}/{split}/{figure}", t[figure], 0)

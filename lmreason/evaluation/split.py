@@ -33,6 +33,7 @@ class SplitRequest:
     out_dir: Path  # eval/<name>/
     label_names: list[str] = field(default_factory=list)  # the data's label set (classification)
     slice_columns: list[str] = field(default_factory=list)
+    generated: dict | None = None  # task=gen, filled by evaluate_generation: {"ids", "scores"} of each row's answer
 
 
 def evaluate_split(session: InferenceSession, task, request: SplitRequest) -> dict:
@@ -88,7 +89,7 @@ def evaluate_classification(session: InferenceSession, task, request: SplitReque
 
 def evaluate_generation(session: InferenceSession, task, request: SplitRequest) -> dict:
     """Loss/perplexity of the references, then generated answers scored, sliced and written."""
-    from lmreason.evaluation.generation import generate_texts
+    from lmreason.evaluation.generation import decode_answers, generate_ids
     from lmreason.evaluation.report import generation_slices_table, generation_table
     from lmreason.evaluation.scoring import is_reasoning, score_rows
     from lmreason.evaluation.slices import generation_slices
@@ -96,8 +97,10 @@ def evaluate_generation(session: InferenceSession, task, request: SplitRequest) 
     dataset, gen = request.dataset, session.generation
     loss, count = reference_loss(session, task, dataset)
     prompts = [ids[:n] for ids, n in zip(dataset["input_ids"], dataset["prompt_length"])]
-    texts, finished = generate_texts(session.model, session.tokenizer, prompts, gen, session.device, session.precision)
+    ids, finished = generate_ids(session.model, session.tokenizer, prompts, gen, session.device, session.precision)
+    texts = decode_answers(session.tokenizer, ids)
     scores = score_rows(dataset, texts)
+    request.generated = {"ids": ids, "scores": scores}  # diagnostics=[attribution] explains these answers
     correct = scores >= 1.0
     metrics = {
         "split": request.name,

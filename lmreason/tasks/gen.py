@@ -78,6 +78,10 @@ class GenerationTask:
     def __init__(self, settings=None):
         self.settings = task_settings(settings)  # the task group, every default filled in
 
+    def format_prompts(self, tokenizer, prompts: list[str]) -> tuple[list[str], bool]:
+        """(model input texts of raw prompts in this task's format, whether the tokenizer adds special tokens)."""
+        return format_prompts(tokenizer, prompts, self.settings)
+
     def encode_prompts(self, tokenizer, prompts: list[str], max_length: int | None = None) -> list[list[int]]:
         """Token ids of raw prompts in this task's format (chat template or prompt_template)."""
         return encode_prompts(tokenizer, prompts, self.settings, max_length)
