@@ -68,7 +68,9 @@ def log_to_tensorboard(run_dir: Path, results: dict, summary_text: str | None = 
     writer = SummaryWriter(log_dir=str(Path(run_dir) / "tb"))
     _log_attribution(writer, results)
     for name, metrics in results.items():
-        if name in ("gap", "attribution", "attribution_flips", "robustness", "calibration") or not isinstance(metrics, dict):
+        if name in ("gap", "attribution", "attribution_flips", "robustness", "calibration") or not isinstance(
+            metrics, dict
+        ):
             continue
         split = name if prefix in (".", "") else f"{prefix}/{name}"
         for key in ("acc", "f1_macro", "ece", "loss", "exact_match", "perplexity"):
