@@ -267,7 +267,7 @@ class AdversarialConfig:
     """Perturbations of the word-embedding output in the training loop (lmreason.training.adversarial)."""
 
     method: AdversarialMethod = AdversarialMethod.fgm
-    epsilon: float = 1.0
+    epsilon: float = 0.1
     steps: int = 3
     step_size: Optional[float] = None
     weight: float = 0.5

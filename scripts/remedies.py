@@ -142,7 +142,8 @@ def multitask_overrides(name: str, args) -> list[str]:
 def remedy_overrides(dataset: str, remedy: str, args) -> list[str]:
     if remedy == "multitask":
         return multitask_overrides(dataset, args)
-    return data_overrides(dataset_entry(dataset, args)) + REMEDIES[remedy]
+    extra = [f"regularization.adversarial.epsilon={args.adversarial_epsilon}"] if remedy == "adversarial" else []
+    return data_overrides(dataset_entry(dataset, args)) + REMEDIES[remedy] + extra
 
 
 def run_command(argv: list[str], log: Path) -> None:
@@ -335,6 +336,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--robustness-examples", type=int, default=100)
     parser.add_argument("--attack-examples", type=int, default=50)
+    parser.add_argument("--adversarial-epsilon", type=float, default=0.1, help="FGM's L2 bound per example")
     parser.add_argument("--sst2", type=Path, default=ROOT.parent / "shared" / "data" / "sst2")
     parser.add_argument("--quick", action="store_true", help="tiny data (tests): a few minutes with model=tiny-bert")
     parser.add_argument("--table-only", action="store_true", help="only rebuild the table from the runs on disk")

@@ -238,8 +238,8 @@ def test_cls_trains_with_l2_and_pgd_in_bf16_and_logs_the_adversarial_loss(tmp_pa
         "device.precision=bf16",  # autocast: the perturbation joins the embedding output in its dtype
     )
     assert results["status"] == "completed" and results["steps"] == 4 and results["precision"] == "bf16"
-    assert results["adversarial"] == "pgd eps 1, K 2, step 0.5, weight 0.5: 3 forward + 3 backward per micro-batch"
-    assert "pgd eps 1, K 2" in capsys.readouterr().out  # the banner names it with its cost
+    assert results["adversarial"] == "pgd eps 0.1, K 2, step 0.05, weight 0.5: 3 forward + 3 backward per micro-batch"
+    assert "pgd eps 0.1, K 2" in capsys.readouterr().out  # the banner names it with its cost
     cfg = OmegaConf.load(tmp_path / "run" / "checkpoints" / "last" / "config.yaml")
     assert cfg.regularization.weight_decay == 0.01 and cfg.regularization.adversarial.method == "pgd"  # both
     assert {"train/loss", "train/adv_loss"} <= scalar_tags(tmp_path / "run")
@@ -258,7 +258,7 @@ def test_gen_trains_with_l2_and_freelb_and_logs_the_adversarial_loss(tmp_path, c
         cache_dir=cache_dir,
     )
     assert results["status"] == "completed" and results["steps"] == 3
-    assert results["adversarial"].startswith("freelb eps 1, K 2")
+    assert results["adversarial"].startswith("freelb eps 0.1, K 2")
     assert {"train/loss", "train/adv_loss"} <= scalar_tags(tmp_path / "run")
 
 
@@ -341,5 +341,5 @@ def test_two_process_ddp_with_pgd_matches_one_process(tmp_path, cache_dir):
     (tmp_path / "ddp").mkdir()
     torchrun("finetune", *ddp, f"train.batch_size={GLOBAL_BATCH // 2}", cache_dir=cache_dir, cwd=tmp_path / "ddp")
     (run_dir,) = [p for p in (tmp_path / "ddp" / "outputs" / "finetune").glob("*/*") if p.is_dir()]
-    assert read_json(run_dir / "metrics.json")["adversarial"].startswith("pgd eps 1, K 2")
+    assert read_json(run_dir / "metrics.json")["adversarial"].startswith("pgd eps 0.1, K 2")
     assert_same_training(run_dir, tmp_path / "single")  # the attack per example: the same on a rank's share
