@@ -176,8 +176,11 @@ def substituted(words: list[str], runs: list[tuple[Path, str]], sweeps: list[Pat
             wanted = option(args, "task") or ("cls" if needs_cls else None)
             matching = [run for run, task in runs if wanted in (None, task)]
             assert matching, f"{word}: no earlier finetune to take the run dir from"
-            # a classifier-only line means the README's demo run (the first: it has test and OOD splits)
-            word = f"{key}={matching[0] if needs_cls and not option(args, 'task') else matching[-1]}"
+            # evaluate's default split is test: sst2/ runs have none
+            needs_test = command == "evaluate" and option(args, "split") is None
+            # a classifier-only or test-split line means the README's demo run (the first: it has test and OOD)
+            demo = (needs_cls or needs_test) and not option(args, "task")
+            word = f"{key}={matching[0] if demo else matching[-1]}"
         elif eq and key == "sweep" and value in SWEEP_PLACEHOLDERS:
             assert sweeps, f"{word}: no earlier multirun to take the sweep dir from"
             word = f"sweep={sweeps[-1]}"
