@@ -247,7 +247,7 @@ def t_interval(differences: list[float]) -> tuple[float, float] | None:
         return None
     mean = statistics.fmean(differences)
     half = stats.t.ppf(0.975, n - 1) * statistics.stdev(differences) / math.sqrt(n)
-    return mean - half, mean + half
+    return float(mean - half), float(mean + half)  # plain floats: json writes them (numpy's bool it does not)
 
 
 def summarise(figures: dict[str, dict[str, dict[int, dict]]]) -> dict:
@@ -273,7 +273,7 @@ def summarise(figures: dict[str, dict[str, dict[int, dict]]]) -> dict:
                     ci = t_interval(paired)
                     cell["diff"] = statistics.fmean(paired)
                     cell["ci"] = ci
-                    cell["real"] = ci is not None and (ci[0] > 0 or ci[1] < 0)
+                    cell["real"] = bool(ci is not None and (ci[0] > 0 or ci[1] < 0))
                     cell["better"] = None if abs(cell["diff"]) < 1e-12 else (cell["diff"] > 0) == higher
                 row[key] = cell
             table[dataset][remedy] = row
