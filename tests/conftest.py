@@ -112,6 +112,29 @@ TINY_TRAIN = [
     "train.log_every_steps=2",
 ]
 
+# A tiny Llama-shaped decoder (config_overrides of a hand-built model dir or of model=tiny-gpt)
+TINY_SHAPE = {
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "intermediate_size": 128,
+}
+# task=gen on tiny-gpt and a few chain-sum problems (tests add their own train.* keys)
+TINY_GEN_TRAIN = [
+    "model=tiny-gpt",
+    "task=gen",
+    "data=chain_sum",
+    "data.sizes={train: 32, validation: 8, test: 8, ood: 8}",
+    "device=cpu",
+    "device.precision=fp32",
+    "optimizer.lr=3e-3",
+    "scheduler.warmup_steps=0",
+    "train.batch_size=8",
+    "generation.max_new_tokens=4",
+]
+
 
 def finetune_in_process(output_dir: Path, cache_dir: Path, *overrides: str):
     """`lmreason finetune` on tiny-bert (TINY_TRAIN, then `overrides`) in this process, writing into `output_dir`."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import (
+    TINY_GEN_TRAIN,
     assert_one_line_error,
     finetune_in_process,
     read_json,
@@ -25,19 +26,7 @@ from omegaconf import OmegaConf
 from lmreason.errors import UserError
 from lmreason.training.adversarial import AdversarialSettings
 
-GEN_TRAIN = [
-    "model=tiny-gpt",
-    "task=gen",
-    "data=chain_sum",
-    "data.sizes={train: 32, validation: 8, test: 8, ood: 8}",
-    "device=cpu",
-    "device.precision=fp32",
-    "optimizer.lr=3e-3",
-    "scheduler.warmup_steps=0",
-    "train.batch_size=8",
-    "train.log_every_steps=1",
-    "generation.max_new_tokens=4",
-]
+GEN_TRAIN = [*TINY_GEN_TRAIN, "train.log_every_steps=1"]
 
 
 def settings(method: str, epsilon: float = 0.5, steps: int = 3, step_size=None, weight: float = 0.5):

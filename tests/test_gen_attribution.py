@@ -9,32 +9,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import read_json, run_command
+from conftest import TINY_GEN_TRAIN, TINY_SHAPE, read_json, run_command
 from omegaconf import OmegaConf
 
 from lmreason.errors import UserError
 
-TINY_SHAPE = {
-    "hidden_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "head_dim": 16,
-    "intermediate_size": 128,
-}
-GEN_TRAIN = [
-    "model=tiny-gpt",
-    "task=gen",
-    "data=chain_sum",
-    "data.sizes={train: 32, validation: 8, test: 8, ood: 8}",
-    "device=cpu",
-    "device.precision=fp32",
-    "optimizer.lr=3e-3",
-    "scheduler.warmup_steps=0",
-    "train.batch_size=8",
-    "train.epochs=1",
-    "generation.max_new_tokens=4",
-]
+GEN_TRAIN = [*TINY_GEN_TRAIN, "train.epochs=1"]
 
 
 def acfg(**overrides):

@@ -11,17 +11,9 @@ import json
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, read_json, run_command
+from conftest import REPO, TINY_SHAPE, read_json, run_command
 from omegaconf import OmegaConf
 
-TINY_SHAPE = {
-    "hidden_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "head_dim": 16,
-    "intermediate_size": 128,
-}
 GEN_TRAIN = [
     "model=tiny-gpt",
     "task=gen",
