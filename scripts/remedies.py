@@ -167,7 +167,35 @@ def _unquote(arg: str) -> str:
     return shlex.split(arg)[0] if arg.startswith("'") else arg
 
 
+def check_same_command(run_dir: Path, finetune: list[str]) -> None:
+    """A run on disk is reused only for the command that made it: a changed setting (say --adversarial-epsilon)
+    stops the experiment with one line instead of mixing runs of two settings in one row."""
+    record = run_dir / "remedies_command.json"
+    if record.is_file():
+        before = json.loads(record.read_text())["finetune"]
+        if before != finetune:
+            changed = sorted(set(before) ^ set(finetune))
+            raise SystemExit(
+                f"{run_dir} was trained with another command (differs in {', '.join(changed)}); "
+                "give another --out, or move that run away to retrain it"
+            )
+    elif run_dir.exists():
+        return  # a run from before the record existed: kept as it is
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps({"finetune": finetune}))
+
+
 def train_and_evaluate(run_dir: Path, overrides: list[str], budget: Budget, seed: int, remedy: str) -> None:
+    finetune = [
+        "finetune",
+        f"model={budget.model}",
+        *overrides,
+        f"seed={seed}",
+        f"train.epochs={budget.epochs}",
+        f"train.batch_size={budget.batch_size}",
+        f"hydra.run.dir={run_dir}",
+    ]
+    check_same_command(run_dir, finetune)
     done = run_dir / "remedies_done.json"
     if done.is_file():
         return
@@ -178,18 +206,7 @@ def train_and_evaluate(run_dir: Path, overrides: list[str], budget: Budget, seed
         if (run_dir / "checkpoints" / "last").is_dir():
             run_command(["finetune", f"resume={run_dir}"], log)
         else:
-            run_command(
-                [
-                    "finetune",
-                    f"model={budget.model}",
-                    *overrides,
-                    f"seed={seed}",
-                    f"train.epochs={budget.epochs}",
-                    f"train.batch_size={budget.batch_size}",
-                    f"hydra.run.dir={run_dir}",
-                ],
-                log,
-            )
+            run_command(finetune, log)
     run_command(
         [
             "evaluate",

@@ -105,3 +105,5 @@ def test_the_experiment_runs_end_to_end_and_resumes_without_retraining(remedies,
     capsys.readouterr()
     assert remedies.main(args) == 0
     assert "$ lmreason" not in capsys.readouterr().out  # finished runs are kept, not redone
+    with pytest.raises(SystemExit, match=r"regularization.adversarial.epsilon=0.5.*another --out"):
+        remedies.main([*args, "--adversarial-epsilon", "0.5"])  # not mixed into the row trained at 0.1
