@@ -83,6 +83,7 @@ def test_export_writes_graphs_whose_logits_equal_torch(exported_run, capsys):
     record = read_json(onnx_dir / "export.json")
     assert record["checked_on"] == "48 examples of the run's validation split"
     assert record["inputs"] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert record["first_token_only"] is True  # the last layer at [CLS] only; logits still equal the plain model's
     assert record["checks"]["fp32"]["max_abs_logit_diff"] < 1e-4
     assert record["checks"]["fp32"]["label_agreement"] == 1.0
     int8 = record["checks"]["int8"]

@@ -11,10 +11,13 @@ onnx, exports MiniLM in seconds and traces BERT with dynamic axes correctly (che
 export). The dynamo exporter (`export.exporter=dynamo`) also works for BERT but needs onnxscript and
 took ~10x longer on the tiny test model; it is the way forward once torch drops the TorchScript one.
 
-The model is exported as saved (AutoModelForSequenceClassification, no lmreason fast paths: the
-[CLS]-only last layer patches the module, and the graph must be the plain model). Each graph is
-written to a temp name, run by onnxruntime on real examples (the run's validation split, rebuilt
-through its saved config) against the PyTorch model, and renamed into place only if it agrees.
+The model is the saved AutoModelForSequenceClassification with one change: its last encoder layer
+computes the [CLS] position only (`lmreason.models.first_token`, where the architecture allows), as
+lmreason's PyTorch path does. The graph's only output is the logits, which read that position alone,
+so the trim changes nothing a caller sees; it made MiniLM's fp32 graph 1.22x faster on SST-2 dev
+(1 thread, interleaved medians). Each graph is written to a temp name, run by onnxruntime on real
+examples (the run's validation split, rebuilt through its saved config) against the *untrimmed*
+PyTorch model, and renamed into place only if it agrees.
 """
 
 from __future__ import annotations
@@ -125,6 +128,7 @@ def export_checkpoint(
     """
     from lmreason.atomic import atomic_write_json
     from lmreason.evaluation.loading import saved_run_config, task_of_model_dir
+    from lmreason.models.first_token import first_token_only
     from lmreason.models.onnx_runtime import require_onnxruntime
     from lmreason.ui import console
 
@@ -140,7 +144,8 @@ def export_checkpoint(
     model, tokenizer = _plain_model(checkpoint_dir)
     check = _check_examples(checkpoint_dir, saved, model, tokenizer, settings, cache_dir, batch_size)
     console.print(f"checking on {check.about}")
-    reference = _logits(model, check)
+    reference = _logits(model, check)  # the model as saved: what every graph is checked against
+    trimmed = first_token_only(model)  # then the graph computes the last layer at [CLS] only
     out = onnx_dir(checkpoint_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -162,6 +167,7 @@ def export_checkpoint(
             "opset": settings.opset,
             "exporter": settings.exporter,
             "checked_on": check.about,
+            "first_token_only": trimmed,
         }
     )
     record.setdefault("checks", {})
