@@ -291,6 +291,7 @@ class DeviceConfig:
     threads: Optional[int] = None
     backend: DistributedBackend = DistributedBackend.auto
     fast_paths: bool = True  # lmreason.models.fast_paths: CPU speed-ups that patch torch/transformers internals
+    compile: bool = False  # torch.compile the model's forward in finetune (lmreason.training.compile)
 
 
 @dataclass

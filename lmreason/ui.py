@@ -82,6 +82,7 @@ def render_banner(recipe, out: Console = console) -> None:
         f"weight decay {cfg.regularization.weight_decay:g}",
         "device": f"{recipe.device} ({recipe.precision}, {_threads()})",
         "fast paths": recipe.fast_paths.describe(),
+        **({"compile": recipe.compiled} if getattr(recipe, "compiled", None) else {}),
         **({"adversarial": recipe.adversarial.describe()} if getattr(recipe, "adversarial", None) else {}),
         "early stopping": (
             f"{t.early_stopping.monitor} ({t.early_stopping.mode}), patience {t.early_stopping.patience}"

@@ -49,12 +49,15 @@ class FastPathReport:
 
 
 def apply_fast_paths(
-    model, device, world_size: int = 1, *, enabled: bool = True, training: bool = True
+    model, device, world_size: int = 1, *, enabled: bool = True, training: bool = True, compiled: bool = False
 ) -> FastPathReport:
     """Apply, in place, each fast path that applies to `model` on `device`, each checked; the report.
 
     `training=False` (evaluation, inference): only `first_token_only`, the others change nothing without
     gradients or dropout. `enabled=False` (`device.fast_paths=false`): none, the model is left as built.
+    `compiled=True` (`device.compile`): only `first_token_only` (plain module code, which compiles); the
+    other two replace eager kernels with custom autograd code the compiler cannot trace (graph breaks),
+    and the compiler generates its own dropout and embedding-gradient kernels.
     Call after the model is on its device and frozen layers are set, before a DDP wrapper.
     """
     import torch
@@ -95,6 +98,7 @@ def apply_fast_paths(
     )  # trim_checked undoes itself
 
     training_only = None if training else "training only: no dropout or gradients here"
+    training_only = training_only or ("device.compile: the compiler makes its own kernels" if compiled else None)
     attempt(
         "fast_dropout",
         training_only or dropout.fast_dropout_unsupported(model, device),

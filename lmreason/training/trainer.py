@@ -82,6 +82,7 @@ class FinetuneRecipe:
         from lmreason.models.freezing import apply_freezing
         from lmreason.models.loading import load_tokenizer
         from lmreason.tasks import get_task
+        from lmreason.training.compile import compile_model
         from lmreason.training.device import resolve_device
         from lmreason.training.optim import build_optimizer, build_scheduler
 
@@ -122,8 +123,14 @@ class FinetuneRecipe:
         self.model.to(self.device)
         # [CLS]-only last layer, 16-bit dropout masks, persistent embedding gradient: each checked, named in the banner
         self.fast_paths = apply_fast_paths(
-            self.model, self.device, self.dist.world_size, enabled=cfg.device.fast_paths, training=True
+            self.model,
+            self.device,
+            self.dist.world_size,
+            enabled=cfg.device.fast_paths,
+            training=True,
+            compiled=cfg.device.compile,
         )
+        self.compiled = compile_model(self.model) if cfg.device.compile else None  # in place: checkpoints unchanged
         self.model_for_training = self.dist.wrap(self.model)
         self.adversarial = adversarial_settings(cfg.regularization)  # None unless regularization=adversarial
         self.embedding = self.model.get_input_embeddings() if self.adversarial else None
@@ -553,6 +560,7 @@ class FinetuneRecipe:
             "device": str(self.device),
             "precision": self.precision,
             "world_size": self.dist.world_size,
+            "compile": bool(self.compiled),
             "fast_paths": self.fast_paths.as_dict(),  # {applied: [...], skipped: {name: why}}
             "adversarial": self.adversarial.describe() if self.adversarial else None,  # method and its passes
             "history": self.history,
