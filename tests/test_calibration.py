@@ -128,7 +128,7 @@ def _raw_logits(checkpoint, texts):
 
 def test_evaluate_fits_saves_and_reports_the_temperature(tmp_path, cache_dir, own_run, capsys):
     results = _evaluate(tmp_path, cache_dir, f"run={own_run}", "diagnostics=calibration")
-    out = capsys.readouterr().out
+    out = " ".join(capsys.readouterr().out.split())  # rich wraps long lines (a long tmp path)
     report = read_json(own_run / "eval" / "calibration.json")
     assert results["calibration"]["temperature"] == report["temperature"] > 0
     assert report["fitted_on"] == "validation" and report["n_fit"] == 48
@@ -164,9 +164,9 @@ def test_evaluate_fits_saves_and_reports_the_temperature(tmp_path, cache_dir, ow
     t = saved["temperature"]
     logits = _raw_logits(own_run / "checkpoints" / "best", texts)
     calibrated = _infer(tmp_path, cache_dir, f"run={own_run}", f"text=[{','.join(texts)}]")
-    assert f"temperature {t:.4g}" in capsys.readouterr().out
+    assert f"temperature {t:.4g}" in " ".join(capsys.readouterr().out.split())
     raw = _infer(tmp_path, cache_dir, f"run={own_run}", f"text=[{','.join(texts)}]", "calibrated=false")
-    assert "raw probabilities (calibrated=false)" in capsys.readouterr().out
+    assert "raw probabilities (calibrated=false)" in " ".join(capsys.readouterr().out.split())
     names = list(calibrated[0]["probs"])
     for i in range(len(texts)):
         got_t = np.array([calibrated[i]["probs"][k] for k in names])
@@ -199,7 +199,7 @@ def test_fit_on_the_evaluated_split_warns_and_save_false_keeps_the_checkpoint(tm
         "diagnostics.calibration.save=false",
         "diagnostics.calibration.bins=10",
     )
-    out = capsys.readouterr().out
+    out = " ".join(capsys.readouterr().out.split())
     report = read_json(own_run / "eval" / "calibration.json")
     assert report["fitted_on"] == "test" and set(report["splits"]) == {"test"} and report["saved_to"] is None
     assert len(report["splits"]["test"]["reliability_after"]) == 10
