@@ -67,6 +67,11 @@ def validate_finetune(cfg: DictConfig) -> None:
             raise UserError(
                 "task=multi runs in one process (DDP would need unused-head handling); start it without torchrun"
             )
+    if cfg.device.compile and cfg.regularization.get("adversarial") is not None:
+        raise UserError(
+            "device.compile=true with regularization=adversarial: the perturbation's hook on the embeddings "
+            "breaks the compiled graph into pieces (slower than eager); drop one of them"
+        )
     if cfg.model.lora.enabled and cfg.task.name != "gen":
         raise UserError("model.lora.enabled=true is supported with task=gen; turn it off for task=cls")
 

@@ -211,6 +211,11 @@ BAD = {
         ["task=gen", "model=bert"],
         r"task=gen needs a decoder model; model\.arch=encoder",
     ),
+    "compile with adversarial training": (
+        "finetune",
+        ["device.compile=true", "regularization=adversarial"],
+        r"device\.compile=true with regularization=adversarial: .* drop one of them",
+    ),
     "LoRA for classification": (
         "finetune",
         ["model.lora.enabled=true"],
