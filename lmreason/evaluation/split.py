@@ -48,6 +48,10 @@ def evaluate_classification(session: InferenceSession, task, request: SplitReque
     from lmreason.evaluation.metrics import classification_metrics, reliability_bins, slice_metrics
     from lmreason.evaluation.report import metrics_table, slices_table
 
+    # scikit-learn (the confusion matrix, per-class P/R/F1) loads here, before the timed span: its first
+    # import (1.3-1.9 s on 2 cores) is start-up, like loading the model, not per-example work
+    import sklearn.metrics  # noqa: F401
+
     dataset, model_labels = request.dataset, label_names_of(session.model)
     try:
         predicted = predict_split(session, task, dataset, request.label_names)
