@@ -43,14 +43,14 @@ def evaluate_split(session: InferenceSession, task, request: SplitRequest) -> di
 
 def evaluate_classification(session: InferenceSession, task, request: SplitRequest) -> dict:
     """Accuracy, per-class P/R/F1, confusion, calibration and slices of one classification split."""
+    # scikit-learn (the confusion matrix, per-class P/R/F1) loads here, before the timed span: its first
+    # import (1.3-1.9 s on 2 cores) is start-up, like loading the model, not per-example work
+    import sklearn.metrics  # noqa: F401
+
     from lmreason.errors import UserError
     from lmreason.evaluation.loading import label_names_of
     from lmreason.evaluation.metrics import classification_metrics, reliability_bins, slice_metrics
     from lmreason.evaluation.report import metrics_table, slices_table
-
-    # scikit-learn (the confusion matrix, per-class P/R/F1) loads here, before the timed span: its first
-    # import (1.3-1.9 s on 2 cores) is start-up, like loading the model, not per-example work
-    import sklearn.metrics  # noqa: F401
 
     dataset, model_labels = request.dataset, label_names_of(session.model)
     try:
