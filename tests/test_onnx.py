@@ -236,12 +236,13 @@ def test_evaluate_compares_backends_side_by_side(exported_run, tmp_path, cache_d
 
 
 # --------------------------------------------------------------------------- bad input: one clear line
-@pytest.fixture
-def gen_model_dir(tmp_path) -> Path:
-    """A causal LM's model dir (its config is all the refusal needs)."""
+@pytest.fixture(params=[("LlamaForCausalLM", "llama"), ("GPT2LMHeadModel", "gpt2")], ids=["llama", "gpt2"])
+def gen_model_dir(tmp_path, request) -> Path:
+    """A causal LM's model dir (its config is all the refusal needs), named in either style transformers uses."""
+    architecture, model_type = request.param
     path = tmp_path / "gpt"
     path.mkdir()
-    (path / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "model_type": "llama"}))
+    (path / "config.json").write_text(json.dumps({"architectures": [architecture], "model_type": model_type}))
     return path
 
 

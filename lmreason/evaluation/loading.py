@@ -67,13 +67,17 @@ def _multitask(checkpoint_dir: Path, allowed: bool, given: str) -> Path:
 
 
 def task_of_model_dir(checkpoint_dir: Path) -> str:
-    """A plain Hugging Face model dir: "gen" for a causal LM (or a LoRA adapter), else "cls"."""
+    """A plain Hugging Face model dir: "gen" for a causal LM (or a LoRA adapter), else "cls".
+
+    Causal LMs are named `*ForCausalLM` (Llama, SmolLM2, Qwen) or, in older architectures, `*LMHeadModel`
+    (GPT2LMHeadModel, OpenAIGPTLMHeadModel)."""
     import json
 
     if (checkpoint_dir / "adapter_config.json").is_file():
         return "gen"
     config = json.loads((checkpoint_dir / "config.json").read_text())
-    return "gen" if "CausalLM" in " ".join(config.get("architectures") or []) else "cls"
+    causal = ("ForCausalLM", "LMHeadModel")
+    return "gen" if any(arch.endswith(causal) for arch in config.get("architectures") or []) else "cls"
 
 
 def saved_run_config(checkpoint_dir: Path) -> DictConfig | None:
