@@ -22,6 +22,7 @@ benchmarks time the Hugging Face side the same way. Results print as one table a
 from __future__ import annotations
 
 import argparse
+import csv
 import importlib.util
 import json
 import os
@@ -66,6 +67,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-length", type=int, default=128, help="pipeline's truncation (lmreason uses the run's)")
     p.add_argument("--threads", type=int, default=None, help="threads, both sides (default: each tool's own)")
     p.add_argument("--reps", type=int, default=3)
+    p.add_argument(
+        "--split",
+        default="validation",
+        help="the run's split that holds --data's dev.csv, evaluated by lmreason (Trainer reads dev.csv itself); "
+        "a run whose validation was carved from train, like the remedies experiment's, has it as test",
+    )
     p.add_argument("--workdir", default=None, help="scratch dir (default: outputs/bench-onnx/<time>)")
     p.add_argument("--out", default=None, help="JSON results (default: <workdir>/bench_onnx.json)")
     return p.parse_args(argv)
@@ -97,6 +104,8 @@ def main(argv=None) -> int:
     data_dir = workdir / "data"  # Trainer's child reads <dir>/validation.csv
     data_dir.mkdir(parents=True, exist_ok=True)
     shutil.copy(dev, data_dir / "validation.csv")
+    with open(dev, newline="", encoding="utf-8") as f:
+        dev_rows = sum(1 for _ in csv.DictReader(f))
     label_names = json.loads((checkpoint / "config.json").read_text())["id2label"]
     label_names = [label_names[k] for k in sorted(label_names, key=int)]
     load = os.getloadavg()
@@ -178,7 +187,7 @@ def main(argv=None) -> int:
                         [
                             "evaluate",
                             f"run={run}",
-                            "split=validation",
+                            f"split={args.split}",
                             "compare_ood=false",
                             f"batch_size={args.batch_size}",
                             f"backend={side}",
@@ -187,7 +196,12 @@ def main(argv=None) -> int:
                         ],
                         name,
                     )
-                    metrics = json.loads((run / "eval" / "validation" / "metrics.json").read_text())
+                    metrics = json.loads((run / "eval" / args.split / "metrics.json").read_text())
+                    if metrics["n"] != dev_rows:  # both sides must time the same examples
+                        raise SystemExit(
+                            f"bench_onnx: the run's {args.split} split has {metrics['n']} examples, {dev} has "
+                            f"{dev_rows}: give the --split that holds {dev.name}"
+                        )
                     r.update({"samples_per_s": metrics["samples_per_s"], "accuracy": metrics["acc"]})
                 out[side].append(r)
         results["phases"]["evaluate"] = {
