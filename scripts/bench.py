@@ -904,6 +904,7 @@ def accuracy_metric(prediction) -> dict:
 def child_trainer_train(spec: dict) -> dict:
     """Fine-tune with `Trainer`; time `trainer.train()` alone; then dev accuracy and save the model."""
     set_threads(spec["threads"])
+    import torch
     import transformers
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments
 
@@ -928,6 +929,8 @@ def child_trainer_train(spec: dict) -> dict:
         "seed": 42,
         "save_strategy": "no",
         "report_to": "none",
+        # bf16 on a CPU: TrainingArguments refuses bf16 without a GPU unless told the run is on the CPU
+        "use_cpu": not torch.cuda.is_available(),
     }
     if spec["mode"] == "same":  # Trainer at its best, on lmreason's hyper-parameters
         kwargs.update(
@@ -971,6 +974,7 @@ def child_trainer_train(spec: dict) -> dict:
 def child_trainer_evaluate(spec: dict) -> dict:
     """`Trainer.evaluate()` of a saved model on the dev set, timed around the call."""
     set_threads(spec["threads"])
+    import torch
     import transformers
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments
 
@@ -982,6 +986,7 @@ def child_trainer_evaluate(spec: dict) -> dict:
         output_dir=str(Path(spec["result"]).with_suffix("")),
         per_device_eval_batch_size=spec["eval_batch_size"],
         bf16=spec["bf16"],
+        use_cpu=not torch.cuda.is_available(),
         train_sampling_strategy="group_by_length",
         report_to="none",
     )
