@@ -5,7 +5,9 @@ stay what they were (a plain `transformers` dir), only calling it runs the compi
 Sequence lengths vary from batch to batch (batches grouped by length), so shapes are marked dynamic
 from the start: one graph for all lengths instead of a recompile per new length. Training and
 evaluation mode are two graphs. The first steps pay the compilation (minutes on a CPU); what it
-saves per step decides from what run length it pays (measured in the README).
+saves per step decides from what run length it pays. On the 2-core CPU this was built on it saves
+nothing: MiniLM's compiled steps ran at 0.70x eager after ~109 s of compiling
+(`scripts/bench_compile.py`, README "Benchmarks"), so it is off by default; GPUs are unmeasured.
 """
 
 from __future__ import annotations
