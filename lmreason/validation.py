@@ -89,6 +89,7 @@ def validate_evaluate(cfg: DictConfig) -> None:
             )
     _check_positive("batch_size", cfg.batch_size)
     _check_device(cfg.device)
+    _check_eager(cfg.device, "evaluate")
     _check_generation(cfg.generation)
     _check_backends(cfg.backend, several=True)
     if cfg.get("task") is not None:
@@ -108,6 +109,7 @@ def validate_infer(cfg: DictConfig) -> None:
 
         check_config(cfg.attribution)
     _check_device(cfg.device)
+    _check_eager(cfg.device, "infer")
     _check_generation(cfg.generation)
     _check_backends(cfg.backend, several=False)
 
@@ -125,6 +127,7 @@ def validate_export(cfg: DictConfig) -> None:
     if not 0.0 <= cfg.export.int8_max_acc_drop <= 1.0:
         raise UserError(f"export.int8_max_acc_drop={cfg.export.int8_max_acc_drop}: an accuracy drop, in [0, 1]")
     _check_device(cfg.device)
+    _check_eager(cfg.device, "export")
 
 
 VALIDATORS: dict[str, Callable[[DictConfig], None]] = {
@@ -287,6 +290,15 @@ def _check_device(device_cfg: DictConfig) -> None:
             if device_cfg.device == "cuda":
                 raise UserError("device=cuda but no CUDA GPU is visible; use device=auto or device=cpu")
             raise UserError("device.precision=fp16 needs a CUDA GPU; on the CPU use bf16 or fp32")
+
+
+def _check_eager(device_cfg: DictConfig, command: str) -> None:
+    """device.compile is for training: evaluation and inference are too short to repay compiling."""
+    if device_cfg.get("compile"):
+        raise UserError(
+            f"device.compile=true applies to finetune only; {command} runs the model eager "
+            "(compiling takes minutes and a pass over a split seconds): drop device.compile"
+        )
 
 
 def _check_backends(value, several: bool) -> None:

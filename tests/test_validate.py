@@ -298,6 +298,12 @@ BAD = {
         r"give sweep= \(a multirun dir\) or run=/checkpoint= \(one model\), not both",
     ),
     "evaluate batch of 0": ("evaluate", ["batch_size=0"], r"^batch_size=0: must be >= 1$"),
+    "evaluate compiled": (
+        "evaluate",
+        ["device.compile=true"],
+        r"device\.compile=true applies to finetune only; evaluate runs the model eager",
+    ),
+    "infer compiled": ("infer", ["text=hi", "device.compile=true"], r"applies to finetune only; infer runs"),
     "evaluate fp16 on the CPU": (
         "evaluate",
         ["device=cpu", "device.precision=fp16"],
