@@ -232,11 +232,20 @@ def _integrated_gradients(model, inputs: dict, special_and_logit: tuple, target,
 
 
 def _gradient_x_input(model, forward, input_ids, baseline, extra, target):
-    """(B, T, d): d logit[target] / d embedding x (embedding - baseline embedding), through a hook on the embedding
-    layer."""
+    """(B, T, d): d logit[target] / d embedding x (embedding - baseline embedding)."""
+    return gradient_x_input(
+        model.get_input_embeddings(),
+        lambda: forward(input_ids, *extra).gather(1, target[:, None]).sum(),
+        baseline,
+    )
+
+
+def gradient_x_input(layer, objective, baseline):
+    """(B, T, d): d objective() / d embedding x (embedding - embedding of `baseline` ids), the embedding taken
+    from the output of `layer` (the model's input embeddings) through a forward hook. `objective` runs the
+    model and returns the scalar to differentiate; classification and generation attribution both use it."""
     import torch
 
-    layer = model.get_input_embeddings()
     captured = {}
 
     def keep(module, args, output):
@@ -245,11 +254,11 @@ def _gradient_x_input(model, forward, input_ids, baseline, extra, target):
 
     handle = layer.register_forward_hook(keep)
     try:
-        logits = forward(input_ids, *extra)
+        value = objective()
     finally:
         handle.remove()
+    value.backward()
     embedding = captured["embedding"]
-    logits.gather(1, target[:, None]).sum().backward()
     with torch.no_grad():
         return embedding.grad * (embedding - layer(baseline))
 

@@ -24,7 +24,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from lmreason.evaluation.attribution import Attribution, edit_text, randomised_copy, sanity_verdict, spearman
+from lmreason.evaluation.attribution import (
+    Attribution,
+    edit_text,
+    gradient_x_input,
+    randomised_copy,
+    sanity_verdict,
+    spearman,
+)
 
 IGNORE = -100  # label of positions that are not answer tokens
 
@@ -177,7 +184,6 @@ def attribute_generation(session, task, prompts: list[str], answers: list[list[i
 
 def _gradients(model, forward, tensors: tuple, acfg):
     """(B, T) token scores: Captum LIG over the input embeddings, or gradient x (embedding - baseline embedding)."""
-    import torch
     from captum.attr import LayerIntegratedGradients
 
     ids, baseline, mask, labels = tensors
@@ -191,21 +197,7 @@ def _gradients(model, forward, tensors: tuple, acfg):
             internal_batch_size=int(acfg.internal_batch_size),
         )
     else:
-        captured = {}
-
-        def keep(module, args, output):
-            output.retain_grad()
-            captured["embedding"] = output
-
-        handle = layer.register_forward_hook(keep)
-        try:
-            value = forward(ids, mask, labels)
-        finally:
-            handle.remove()
-        value.sum().backward()
-        embedding = captured["embedding"]
-        with torch.no_grad():
-            attributions = embedding.grad * (embedding - layer(baseline))
+        attributions = gradient_x_input(layer, lambda: forward(ids, mask, labels).sum(), baseline)
     return attributions.float().sum(dim=-1).detach().cpu()
 
 
