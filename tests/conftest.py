@@ -112,6 +112,19 @@ TINY_TRAIN = [
     "train.log_every_steps=2",
 ]
 
+
+def acfg(**overrides):
+    """The attribution diagnostics settings (`diagnostics.attribution`) with `overrides` set."""
+    from omegaconf import OmegaConf
+
+    from lmreason.config import AttributionDiagnosticsConfig
+
+    cfg = OmegaConf.structured(AttributionDiagnosticsConfig)
+    for key, value in overrides.items():
+        cfg[key] = value
+    return cfg
+
+
 # A tiny Llama-shaped decoder (config_overrides of a hand-built model dir or of model=tiny-gpt)
 TINY_SHAPE = {
     "hidden_size": 64,

@@ -8,21 +8,12 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import read_json, run_command, tiny_bert_classifier
+from conftest import acfg, read_json, run_command, tiny_bert_classifier
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from lmreason.config import config_dir
 from lmreason.errors import UserError
-
-
-def acfg(**overrides):
-    from lmreason.config import AttributionDiagnosticsConfig
-
-    cfg = OmegaConf.structured(AttributionDiagnosticsConfig)
-    for key, value in overrides.items():
-        cfg[key] = value
-    return cfg
 
 
 @pytest.fixture(scope="module")

@@ -9,21 +9,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_GEN_TRAIN, TINY_SHAPE, read_json, run_command
-from omegaconf import OmegaConf
+from conftest import TINY_GEN_TRAIN, TINY_SHAPE, acfg, read_json, run_command
 
 from lmreason.errors import UserError
 
 GEN_TRAIN = [*TINY_GEN_TRAIN, "train.epochs=1"]
-
-
-def acfg(**overrides):
-    from lmreason.config import AttributionDiagnosticsConfig
-
-    cfg = OmegaConf.structured(AttributionDiagnosticsConfig)
-    for key, value in overrides.items():
-        cfg[key] = value
-    return cfg
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import random
 import re
 
 import pytest
-from conftest import SHARED_DATA, read_json
+from conftest import SHARED_DATA, TINY_SHAPE, read_json
 from hydra import compose, initialize_config_dir
 
 from lmreason.config import config_dir
@@ -334,16 +334,7 @@ def test_gen_task_suites_on_the_prompt_scored_with_the_task_scorer(cache_dir, tm
 
     tiny_dir = resolve_model_path("smollm2-135m-instruct-config", cache_dir)
     config = AutoConfig.from_pretrained(tiny_dir)
-    config.update(
-        {
-            "hidden_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "head_dim": 16,
-            "intermediate_size": 128,
-        }
-    )
+    config.update(TINY_SHAPE)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config).eval()
     tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
