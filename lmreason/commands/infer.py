@@ -140,7 +140,10 @@ def run(cfg: DictConfig) -> list[dict]:
         if len(predictions) > MAX_SHOWN:
             console.print(f"... {len(predictions) - MAX_SHOWN} more; use output=<file.jsonl> for all of them")
     if cfg.backend == "torch":
-        where = f"device {device}, {precision}"
+        from lmreason.evaluation.batch_workers import batch_workers
+
+        workers = batch_workers(device)
+        where = f"device {device}, {precision}" + (f", {workers} batches at once" if workers > 1 else "")
     else:
         from lmreason.evaluation.onnx_backend import describe
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lmreason.errors import UserError
+from lmreason.evaluation.batch_workers import batch_workers
 from lmreason.models.onnx_runtime import INSTALL_HINT, OnnxClassifier, require_onnxruntime  # noqa: F401 (re-exported)
 
 BACKENDS = ("torch", "onnx", "onnx-int8")  # backend=: PyTorch, the fp32 graph, the int8 (dynamically quantized) graph
@@ -34,6 +35,7 @@ def load_onnx_for_inference(checkpoint_dir: Path, backend: str, device=None, cac
         UserError: onnxruntime missing, not a classification checkpoint, an export that fails its check,
             a damaged graph.
     """
+    import torch
     from transformers import AutoConfig, AutoTokenizer
 
     from lmreason.models.onnx_export import ensure_exported
@@ -48,15 +50,24 @@ def load_onnx_for_inference(checkpoint_dir: Path, backend: str, device=None, cac
         raise UserError(f"{checkpoint_dir}: cannot load its tokenizer or config ({first[:200]})") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return OnnxClassifier(path, config, device), tokenizer
+    # The batches stay on the CPU (load_backend) and run several at once, one intra-op thread each
+    # (evaluation/batch_workers.py): a session of one thread, called from each worker.
+    threads = 1 if batch_workers(torch.device("cpu")) > 1 else None
+    return OnnxClassifier(path, config, device, threads), tokenizer
 
 
 def describe(model) -> str:
     """`onnx (CPUExecutionProvider)` for an onnx backend's model, `torch` otherwise (banners)."""
     if isinstance(model, OnnxClassifier):
         kind = "onnx-int8" if model.path.name.endswith(".int8.onnx") else "onnx"
+        import torch
+
         threads = model.session.get_session_options().intra_op_num_threads
-        return f"backend {kind} ({model.provider}, {threads} thread{'s' if threads != 1 else ''})"
+        where = f"{threads} thread{'s' if threads != 1 else ''}"
+        workers = batch_workers(torch.device("cpu"))
+        if model.provider == "CPUExecutionProvider" and threads == 1 and workers > 1:
+            where = f"{workers} batches at once, 1 thread each"
+        return f"backend {kind} ({model.provider}, {where})"
     return "backend torch"
 
 

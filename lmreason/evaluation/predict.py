@@ -9,11 +9,13 @@ in input order.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
 
 from lmreason.errors import UserError
+from lmreason.evaluation.batch_workers import batch_workers, run_batches
 from lmreason.evaluation.loading import label_names_of
 
 
@@ -55,10 +57,7 @@ def predict_split(session: InferenceSession, task, dataset, label_names: list[st
     """
     import time
 
-    import torch
-
     from lmreason.training.batching import TokenizedSplit, sorted_batches, to_device
-    from lmreason.training.device import autocast
 
     model_labels = label_names_of(session.model)
     unknown = sorted(set(label_names) - set(model_labels))
@@ -71,10 +70,11 @@ def predict_split(session: InferenceSession, task, dataset, label_names: list[st
     began = time.perf_counter()
     examples = TokenizedSplit(dataset, task, session.tokenizer.pad_token_id)
     batches = sorted_batches(examples.lengths, session.batch_size)
-    with torch.inference_mode(), autocast(session.device, session.precision):
-        labels, logits, loss = task.predict_logits(
-            session.model, (to_device(examples.collate(b), session.device) for b in batches)
-        )
+    labels, logits, loss = task.predict_logits(
+        session.model,
+        (to_device(examples.collate(b), session.device) for b in batches),
+        partial(run_batches, device=session.device, precision=session.precision, workers=batch_workers(session.device)),
+    )
     probs = softmax(logits)
     restored = restore_order(batches)
     return SplitPredictions(
@@ -103,7 +103,6 @@ def classify_texts(
     import torch
 
     from lmreason.training.batching import sorted_batches
-    from lmreason.training.device import autocast
 
     tokenizer, model = session.tokenizer, session.model
     encoded = tokenizer(texts, pairs, truncation=True, max_length=session.max_length)
@@ -111,17 +110,25 @@ def classify_texts(
         k for k in ("input_ids", "token_type_ids") if k in encoded and k in tokenizer.model_input_names + ["input_ids"]
     ]
     lengths = np.array([len(ids) for ids in encoded["input_ids"]])
+    batches = sorted_batches(lengths, session.batch_size)
+    padded = (
+        tokenizer.pad(
+            {k: [encoded[k][i] for i in batch] for k in keys},
+            padding_side="right",
+            return_attention_mask=True,
+            return_tensors="pt",
+        )
+        for batch in batches
+    )
+
+    def forward(inputs):
+        logits = model(**{k: v.to(session.device) for k, v in inputs.items()}).logits.float()
+        return torch.softmax(logits / temperature, dim=-1).cpu().numpy()
+
     probs = np.zeros((len(texts), model.config.num_labels))
-    with torch.inference_mode(), autocast(session.device, session.precision):
-        for batch in sorted_batches(lengths, session.batch_size):
-            padded = tokenizer.pad(
-                {k: [encoded[k][i] for i in batch] for k in keys},
-                padding_side="right",
-                return_attention_mask=True,
-                return_tensors="pt",
-            )
-            logits = model(**{k: v.to(session.device) for k, v in padded.items()}).logits.float()
-            probs[batch] = torch.softmax(logits / temperature, dim=-1).cpu().numpy()
+    workers = batch_workers(session.device)
+    for batch, batch_probs in zip(batches, run_batches(forward, padded, session.device, session.precision, workers)):
+        probs[batch] = batch_probs
     return probs
 
 

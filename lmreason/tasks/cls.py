@@ -82,22 +82,27 @@ class ClassificationTask:
         probs = torch.softmax(torch.from_numpy(logits).float(), dim=-1).numpy().astype(np.float64)
         return labels, probs, loss
 
-    def predict_logits(self, model, batches):
+    def predict_logits(self, model, batches, run_batches=None):
         """Gold labels (N,), logits (N, C) (float32 values as float64) and the mean loss, in batch order.
 
         The logits, not the probabilities, are what temperature scaling needs: softmax(logits / T)
-        (lmreason/evaluation/calibration.py); log(probs) would lose rows whose probabilities underflow."""
+        (lmreason/evaluation/calibration.py); log(probs) would lose rows whose probabilities underflow.
+        `run_batches(fn, batches)` maps the per-batch forward pass over the batches in batch order
+        (evaluation/batch_workers.py: side by side on the CPU's cores); a plain loop by default."""
         import torch
         import torch.nn.functional as F
 
-        all_labels, all_logits, total_loss, count = [], [], 0.0, 0
-        for batch in batches:
+        def one(batch):
             logits = self.forward(model, batch)[1].float()
-            loss = F.cross_entropy(logits, batch["labels"], reduction="sum")
-            total_loss += loss.item()
-            count += len(batch["labels"])
-            all_logits.append(logits.cpu())
-            all_labels.append(batch["labels"].cpu())
+            loss = F.cross_entropy(logits, batch["labels"], reduction="sum").item()
+            return batch["labels"].cpu(), logits.cpu(), loss
+
+        all_labels, all_logits, total_loss, count = [], [], 0.0, 0
+        for labels, logits, loss in (run_batches or map)(one, batches):
+            total_loss += loss
+            count += len(labels)
+            all_logits.append(logits)
+            all_labels.append(labels)
         if not all_labels:  # DDP: a rank whose share of a small validation split is empty
             return np.zeros(0, dtype=np.int64), np.zeros((0, model.config.num_labels)), 0.0
         labels = torch.cat(all_labels).numpy()
