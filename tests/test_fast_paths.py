@@ -127,7 +127,8 @@ def finetune(work: Path, cache_dir: Path, *overrides: str) -> dict:
 
 def test_fast_paths_off_trains_the_same_model_and_says_so(tmp_path, cache_dir, capsys):
     """Without dropout (whose fast mask draws another random stream) the paths are exact equivalents:
-    [CLS]-only last layer and the embedding-gradient buffer give the weights of the unpatched run."""
+    [CLS]-only last layer, the embedding-gradient buffer and, on 2 threads, the batch shards give the weights
+    of the unpatched run."""
     data = write_sentiment_csv(tmp_path / "data.csv", 80, seed=31)
     args = [
         "data=local",
@@ -136,6 +137,7 @@ def test_fast_paths_off_trains_the_same_model_and_says_so(tmp_path, cache_dir, c
         "train.early_stopping.enabled=false",
         "regularization.hidden_dropout=0",
         "regularization.attention_dropout=0",
+        "device.threads=2",
     ]
     finetune(tmp_path / "on", cache_dir, *args)
     banner_on = capsys.readouterr().out
@@ -143,10 +145,13 @@ def test_fast_paths_off_trains_the_same_model_and_says_so(tmp_path, cache_dir, c
     banner_off = capsys.readouterr().out
 
     on, off = (read_json(tmp_path / run / "out" / "metrics.json") for run in ("on", "off"))
-    assert on["fast_paths"]["applied"] == ["first_token_only", "fast_dropout", "row_gradient"]
-    assert off["fast_paths"] == {"applied": [], "skipped": {name: "device.fast_paths=false" for name in NAMES}}
-    assert "fast paths" in banner_on and "first_token_only, fast_dropout, row_gradient" in banner_on
-    assert "none; skipped: first_token_only, fast_dropout, row_gradient (device.fast_paths=false)" in banner_off
+    every = [*NAMES, "batch_shards"]  # the model's paths, then the training loop's
+    assert on["fast_paths"]["applied"] == every
+    assert off["fast_paths"] == {"applied": [], "skipped": {name: "device.fast_paths=false" for name in every}}
+    assert "fast paths" in banner_on and "first_token_only, fast_dropout, row_gradient, batch_shards" in banner_on
+    assert "none; skipped: first_token_only, fast_dropout, row_gradient, batch_shards (device.fast_paths=false)" in (
+        " ".join(banner_off.split())
+    )
     assert on["steps"] == off["steps"] > 4
     for a, b in zip(on["history"], off["history"]):
         assert a["val/loss"] == pytest.approx(b["val/loss"], abs=1e-5)

@@ -6,6 +6,9 @@
                       1/65536) and, for encoders, the attention function that drops with them; training only
     row_gradient      (lmreason.training.embedding_grad) the input embedding's gradient in one buffer kept across
                       steps, only the rows written re-zeroed; training only, one process
+    batch_shards      (lmreason.training.shards)         a training micro-batch split into shards computed side
+                      by side on the CPU's threads, one thread each; applied by the training loop (it needs
+                      the task and the recipe), checked on the run's first micro-batch, reported here too
 
 Each module's docstring says exactly what differs from the unpatched computation. Behind one switch,
 `device.fast_paths` (default true). Each path that applies to the model is checked when it is applied

@@ -7,7 +7,9 @@ A task supplies four things and nothing else:
   ``model.max_length`` and the task's own settings);
 - ``build_model(cfg, label_names)``, ``load_model(checkpoint, cfg)``,
   ``save_model(model, tokenizer, target, trainer_state, meta, config_yaml, cfg)``;
-- ``forward(model, batch) -> (mean loss, logits)``;
+- ``forward(model, batch) -> (mean loss, logits)``, and optionally ``loss_terms(batch) -> int``, how
+  many terms that mean averages (training then splits micro-batches into shards computed side by side
+  on the CPU's threads: lmreason/training/shards.py);
 - ``evaluate(model, batches, label_names, context) -> {metric: value}`` for validation,
   where ``context`` is a ``ValidationContext`` (never the training recipe).
 

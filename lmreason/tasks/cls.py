@@ -64,6 +64,10 @@ class ClassificationTask:
         logits = model(**inputs).logits
         return F.cross_entropy(logits.float(), batch["labels"]), logits
 
+    def loss_terms(self, batch: dict) -> int:
+        """How many terms `forward`'s mean loss averages: the batch's rows."""
+        return len(batch["labels"])
+
     def evaluate(self, model, batches, label_names: list[str], context: ValidationContext | None = None) -> dict:
         """Validation metrics over `batches` (loss, acc, f1_macro, ece)."""
         from lmreason.evaluation.metrics import classification_metrics

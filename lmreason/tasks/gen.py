@@ -209,6 +209,10 @@ class GenerationTask:
         total, count, logits = self.token_losses(model, batch)
         return total / max(count, 1), logits
 
+    def loss_terms(self, batch: dict) -> int:
+        """How many terms `forward`'s mean loss averages: the completion tokens (as `token_losses` counts them)."""
+        return int((batch["labels"][:, 1:] != IGNORE).sum())
+
     def evaluate(self, model, batches, label_names: list[str], context: ValidationContext | None = None) -> dict:
         """Validation loss and perplexity; every `task.generate_every_evals` validations (and at the
         end of training) also exact match and mean score of answers generated for the first

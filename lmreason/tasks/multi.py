@@ -141,6 +141,10 @@ class MultiTask:
         logits = model(head=index, **inputs).logits
         return F.cross_entropy(logits.float(), batch["labels"]), logits
 
+    def loss_terms(self, batch: dict) -> int:
+        """How many terms `forward`'s mean loss averages: the batch's rows."""
+        return len(batch["labels"])
+
     def evaluate(self, model, batches, label_names: dict, context: ValidationContext | None = None) -> dict:
         """Per task loss, acc, f1_macro, ece (`<task>/<metric>`) and their means (`<metric>`)."""
         import torch

@@ -24,12 +24,30 @@ configs are unchanged. `check_fast_dropout` compares it with the unpatched compu
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 ATTENTION = "lmreason_sdpa_fast_dropout"
 LANES = 4  # 16-bit lanes per 64-bit draw
+_thread = threading.local()  # .generator: this thread's mask generator (mask_generator), else torch's default
+
+
+@contextlib.contextmanager
+def mask_generator(generator: torch.Generator):
+    """Masks drawn in this thread, for the span, come from `generator` instead of torch's default one.
+
+    Batch shards computed side by side (lmreason/training/shards.py) each draw from a generator of
+    their own, seeded in a fixed order: the masks do not depend on which thread draws first."""
+    before = getattr(_thread, "generator", None)
+    _thread.generator = generator
+    try:
+        yield
+    finally:
+        _thread.generator = before
 
 
 def keep_mask(shape, p: float, device=None) -> torch.Tensor:
@@ -37,7 +55,10 @@ def keep_mask(shape, p: float, device=None) -> torch.Tensor:
     numel = 1
     for size in shape:
         numel *= size
-    bits = torch.empty((numel + LANES - 1) // LANES, dtype=torch.int64, device=device).random_(-(2**63), None)
+    generator = getattr(_thread, "generator", None)
+    bits = torch.empty((numel + LANES - 1) // LANES, dtype=torch.int64, device=device).random_(
+        -(2**63), None, generator=generator
+    )
     threshold = -32768 + round(p * 65536)  # int16 lanes are uniform on [-32768, 32767]
     return (bits.view(torch.int16)[:numel] >= threshold).view(shape)
 

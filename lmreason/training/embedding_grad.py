@@ -25,9 +25,29 @@ tied to an output layer, and trainable. `check_row_gradient` compares it with to
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+_thread = threading.local()  # .pending: this thread's deferred adds (deferred_rows), else None
+
+
+@contextlib.contextmanager
+def deferred_rows():
+    """Backward passes in this thread, for the span, append (RowGradient, ids, grad_out) to the yielded list
+    instead of adding into the buffer; the caller replays them with `RowGradient.add`, in an order it
+    chooses. Batch shards computed side by side (lmreason/training/shards.py) add their rows in shard
+    order this way: the same sums whichever thread finishes first."""
+    pending: list = []
+    before = getattr(_thread, "pending", None)
+    _thread.pending = pending
+    try:
+        yield pending
+    finally:
+        _thread.pending = before
 
 
 class RowGradient:
@@ -40,6 +60,10 @@ class RowGradient:
         self.written: list[torch.Tensor] = []
 
     def add(self, ids: torch.Tensor, grad_out: torch.Tensor) -> None:
+        pending = getattr(_thread, "pending", None)
+        if pending is not None:  # a shard's backward (deferred_rows): its caller adds the rows in order
+            pending.append((self, ids, grad_out))
+            return
         weight = self.weight
         if weight.grad is None:  # reset by the optimizer since the last backward: reuse the buffer
             if self.buffer is None:

@@ -134,6 +134,7 @@ class FinetuneRecipe:
         self.model_for_training = self.dist.wrap(self.model)
         self.adversarial = adversarial_settings(cfg.regularization)  # None unless regularization=adversarial
         self.embedding = self.model.get_input_embeddings() if self.adversarial else None
+        self.shards = self._setup_shards()  # None: one pass per micro-batch
 
         t = cfg.train
         # the plan's own length: a task that plans its batches (task=multi) may make a few more than n / B
@@ -252,10 +253,13 @@ class FinetuneRecipe:
                 accum_loss.zero_()
                 accum_adv_loss.zero_()
                 for k, (indices, weight, global_size) in enumerate(group):
-                    batch = to_device(self.train_split.collate(indices), self.device)
                     # mean over the group's micro-batches; `weight` (1 in one process) makes DDP's gradient
                     # average the global batch's mean (see Distributed.shard)
-                    scaled, adv_scaled = self._micro_batch(batch, weight, len(group), k == len(group) - 1)
+                    if self.shards is not None:
+                        scaled, adv_scaled = self._sharded_micro_batch(indices, weight, len(group)), None
+                    else:
+                        batch = to_device(self.train_split.collate(indices), self.device)
+                        scaled, adv_scaled = self._micro_batch(batch, weight, len(group), k == len(group) - 1)
                     accum_loss += scaled
                     if adv_scaled is not None:
                         accum_adv_loss += adv_scaled
@@ -371,6 +375,65 @@ class FinetuneRecipe:
                 return scaled.detach(), None
             adv_scaled = attack.train(scaled, forward, loss_scale)  # (1 - w) clean + w adversarial
         return scaled.detach(), adv_scaled
+
+    def _shard_loss(self, batch: dict):
+        """A shard's mean loss (its forward pass, under the run's autocast: it runs in a shard's own thread)."""
+        from lmreason.training.device import autocast
+
+        with autocast(self.device, self.precision):
+            loss, _ = self.task.forward(self.model_for_training, batch)
+        return loss
+
+    def _sharded_micro_batch(self, indices, weight: float, group_size: int):
+        """Forward and backward of one micro-batch as shards side by side (training/shards.py): its loss
+        x weight / group_size, detached."""
+        batches = [
+            to_device(self.train_split.collate(part), self.device)
+            for part in self.shards.split(indices, self.train_split.lengths)
+        ]
+        scale = weight / group_size
+        if fault_point("loss") == "NAN":  # tests: a non-finite loss (LMREASON_FAULT_AT=loss:<n>:NAN)
+            scale = float("nan")
+        return self.shards.backward(self._shard_loss, batches, [self.task.loss_terms(b) for b in batches], scale)
+
+    def _setup_shards(self):
+        """Shards (training/shards.py) where they apply and pass their check on the first micro-batch, else None;
+        named in the fast-path report either way."""
+        import torch
+
+        from lmreason.models.fast_paths import CHECK_FAILED
+        from lmreason.training.shards import Shards, check_shards, shards_unsupported
+
+        why = (
+            shards_unsupported(
+                self.model,
+                self.device,
+                self.task,
+                world_size=self.dist.world_size,
+                adversarial=self.adversarial is not None,
+                compiled=bool(self.cfg.device.compile),
+            )
+            if self.cfg.device.fast_paths
+            else "device.fast_paths=false"
+        )
+        if why is None:
+            shards = Shards(self.model, torch.get_num_threads())
+            indices = self._epoch_batches(0)[0][0]
+            parts = shards.split(indices, self.train_split.lengths)
+            batches = [to_device(self.train_split.collate(part), self.device) for part in [*parts, indices]]
+            terms = [self.task.loss_terms(b) for b in batches[:-1]]
+            if len(parts) < 2:
+                why = "micro-batches of one example"
+            else:
+                problem = check_shards(shards, self.model, self._shard_loss, batches, terms)
+                if problem is None:
+                    self.fast_paths.applied.append("batch_shards")
+                    return shards
+                why = f"{CHECK_FAILED}: {problem}"
+                log.warning("batch shards off after a failed check (one pass per micro-batch): %s", problem)
+            shards.close()
+        self.fast_paths.skipped["batch_shards"] = why
+        return None
 
     def _discard_gradients(self) -> None:
         """Drop non-finite gradients. Zeroed in place first: clipping scaled every element by NaN,
@@ -609,6 +672,8 @@ class FinetuneRecipe:
 
     # ------------------------------------------------------------------ cleanup
     def cleanup(self) -> None:
+        if getattr(self, "shards", None) is not None:
+            self.shards.close()
         if getattr(self, "writer", None):
             self.writer.close()
         self.dist.cleanup()
