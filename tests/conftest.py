@@ -237,6 +237,18 @@ def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
 
 
+def tensorboard_scalar_tags(run_dir: Path) -> set[str]:
+    """Every scalar tag in a run's TensorBoard events (<run>/tb)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags: set[str] = set()
+    for event_file in (Path(run_dir) / "tb").glob("events.out.tfevents.*"):
+        events = EventAccumulator(str(event_file))
+        events.Reload()
+        tags |= set(events.Tags()["scalars"])
+    return tags
+
+
 def tiny_bert_classifier(**config):
     """A seeded random BERT sequence classifier (a few thousand weights); `config` overrides its BertConfig."""
     import torch

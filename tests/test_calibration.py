@@ -9,7 +9,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import assert_one_line_error, read_json, run_cli, run_command
+from conftest import assert_one_line_error, read_json, run_cli, run_command, tensorboard_scalar_tags
 
 from lmreason.errors import UserError
 from lmreason.evaluation.calibration import (
@@ -150,13 +150,7 @@ def test_evaluate_fits_saves_and_reports_the_temperature(tmp_path, cache_dir, ow
     assert saved["temperature"] == report["temperature"] and saved["fitted_on"] == "validation"
     assert saved["n"] == 48 and saved["nll_after"] <= saved["nll_before"] + 1e-12
     assert "calibration: T =" in out and "ECE before -> after" in out and "infer applies it" in out
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    tags = set()
-    for event_file in (own_run / "tb").glob("events.out.tfevents.*"):
-        acc = EventAccumulator(str(event_file))
-        acc.Reload()
-        tags |= set(acc.Tags()["scalars"])
+    tags = tensorboard_scalar_tags(own_run)
     assert {"calibration/temperature", "calibration/test/ece_after", "calibration/ood/nll_before"} <= tags
 
     # infer: softmax(logits / T) by default, the raw softmax with calibrated=false
@@ -174,6 +168,7 @@ def test_evaluate_fits_saves_and_reports_the_temperature(tmp_path, cache_dir, ow
         np.testing.assert_allclose(got_t, scaled_probs(logits[i : i + 1], t)[0], atol=1e-5)
         np.testing.assert_allclose(got_raw, scaled_probs(logits[i : i + 1], 1.0)[0], atol=1e-5)
         assert calibrated[i]["label"] == raw[i]["label"]
+        assert (calibrated[i]["temperature"], raw[i]["temperature"]) == (pytest.approx(t), 1.0)  # rows say which
     _infer(tmp_path, cache_dir, f"run={own_run}", "text=fine", "calibrated=true")  # a fitted checkpoint: allowed
 
     # weights changed after the fit: the temperature is not theirs
@@ -181,7 +176,7 @@ def test_evaluate_fits_saves_and_reports_the_temperature(tmp_path, cache_dir, ow
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
     stale = _infer(tmp_path, cache_dir, f"run={own_run}", f"text={texts[1]}")
     assert "fitted to other weights" in " ".join(capsys.readouterr().out.split())
-    assert stale[0]["probs"] == pytest.approx(raw[1]["probs"], abs=1e-6)
+    assert stale[0]["probs"] == pytest.approx(raw[1]["probs"], abs=1e-6) and stale[0]["temperature"] == 1.0
     with pytest.raises(UserError, match="calibrated=true: .*fitted to other weights"):
         _infer(tmp_path, cache_dir, f"run={own_run}", "text=fine", "calibrated=true")
 

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_one_line_error, finetune_in_process, read_json, run_cli, run_command, write_sentiment_csv
+from conftest import (
+    assert_one_line_error,
+    finetune_in_process,
+    read_json,
+    run_cli,
+    run_command,
+    tensorboard_scalar_tags,
+    write_sentiment_csv,
+)
 
 from lmreason.errors import UserError
 from lmreason.tasks.multi_sampling import multitask_batches, task_probabilities
@@ -112,13 +122,36 @@ def test_per_task_validation_metrics_and_their_mean(multi_run):
     }
 
 
+class Collect(logging.Handler):
+    """Every message of a logger (not a StreamHandler: finetune keeps its file-only lines off those)."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
 def test_monitor_one_named_task(tmp_path, cache_dir, multi_data):
-    run_dir = tmp_path / "run"
-    results = finetune_in_process(
-        run_dir, cache_dir, "task=multi", "train.max_steps=4", "task.monitor=val/sent/acc", tasks_override(multi_data)
-    )
+    run_dir, collect = tmp_path / "run", Collect()
+    logger = logging.getLogger("lmreason.training.trainer")
+    logger.addHandler(collect)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        monitor = "task.monitor=val/sent/acc"
+        results = finetune_in_process(
+            run_dir, cache_dir, "task=multi", "train.max_steps=4", monitor, tasks_override(multi_data)
+        )
+    finally:
+        logger.removeHandler(collect)
+        logger.setLevel(level)
     assert results["monitor"] == "val/sent/acc"
     assert results["best_metric"] == max(h["val/sent/acc"] for h in results["history"])
+    # finetune.log's summary names each task's data, not the unused top-level data option
+    (data_line,) = [m for m in collect.messages if m.startswith("data: ")]
+    assert data_line.startswith("data: multi-task: syllogism (") and ", sent (" in data_line
 
 
 def test_resume_is_exact(tmp_path, cache_dir, monkeypatch, multi_data, multi_run):
@@ -192,6 +225,24 @@ def test_evaluate_reports_per_task_with_each_tasks_ood_gap(multi_run, tmp_path, 
     assert summary["syllogism"]["acc_gap"] == pytest.approx(gap["gap"]) and summary["sent"]["ood_acc"] is None
     assert (multi_run / "eval" / "syllogism" / "gap.json").is_file()
     assert read_json(multi_run / "eval" / "sent" / "test" / "metrics.json")["n"] == 16
+
+
+def test_each_heads_tensorboard_keys_carry_its_name(multi_run, tmp_path, cache_dir):
+    """Two heads evaluated into one run's TensorBoard: headline metrics and diagnostics stay apart per head."""
+    run = tmp_path / "run"
+    shutil.copytree(multi_run, run, ignore=shutil.ignore_patterns("eval", "tb"))
+    run_command(
+        "evaluate",
+        f"run={run}",
+        "diagnostics=calibration",
+        "diagnostics.calibration.save=false",
+        output_dir=tmp_path,
+        cache_dir=cache_dir,
+    )
+    tags = tensorboard_scalar_tags(run)
+    for head in ("syllogism", "sent"):
+        assert {f"{head}/test/acc", f"{head}/calibration/temperature", f"{head}/calibration/test/ece_after"} <= tags
+    assert not any(tag.startswith(("calibration/", "test/")) for tag in tags)  # nothing without a head
 
 
 def test_evaluate_one_head_and_a_head_that_does_not_exist(multi_run, tmp_path, cache_dir):

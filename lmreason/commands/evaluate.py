@@ -43,7 +43,7 @@ def evaluate_model(cfg: DictConfig, checkpoint_dir: Path, run_dir: Path | None, 
         load_model_for_inference,
         saved_run_config,
     )
-    from lmreason.evaluation.outputs import log_to_tensorboard, write_json
+    from lmreason.evaluation.outputs import head_prefix, log_to_tensorboard, write_json
     from lmreason.evaluation.predict import InferenceSession
     from lmreason.evaluation.slices import slice_columns
     from lmreason.evaluation.split import GAP_KEYS, SplitRequest, evaluate_split
@@ -161,8 +161,7 @@ def evaluate_model(cfg: DictConfig, checkpoint_dir: Path, run_dir: Path | None, 
     config = run_config(run_dir, saved)
     if run_dir is not None:
         summary = run_summary(out_root, splits, config, task.name, about)
-        prefix = out_root.relative_to(run_dir / "eval").as_posix()  # a multi-task head's name, else "."
-        log_to_tensorboard(run_dir, results, summary_markdown(summary), prefix=prefix)
+        log_to_tensorboard(run_dir, results, summary_markdown(summary), prefix=head_prefix(run_dir, out_root))
     page = write_run_report(out_root, run_dir, splits, config, task.name, about)
     console.print(f"reports written to {out_root}")
     console.print(f"report: [link=file://{page.resolve()}]file://{page.resolve()}[/link]")

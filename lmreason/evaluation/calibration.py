@@ -288,7 +288,9 @@ def run_calibration(session, task, requests, ccfg, fit_request, checkpoint_dir: 
     for line in _notes(payload):
         console.print(f"[yellow]{line}[/]")
     if run_dir is not None:
-        log_calibration(run_dir, payload)
+        from lmreason.evaluation.outputs import head_prefix
+
+        log_calibration(run_dir, payload, head_prefix(run_dir, requests[0].out_dir.parent))
     return payload
 
 
@@ -338,20 +340,20 @@ def calibration_table(payload: dict):
     return table
 
 
-def log_calibration(run_dir: Path, payload: dict) -> None:
-    """calibration/temperature and calibration/<split>/{ece,nll}_{before,after} scalars (step 0), and each split's
-    reliability diagram after T."""
+def log_calibration(run_dir: Path, payload: dict, prefix: str = "") -> None:
+    """[<head>/]calibration/temperature and [<head>/]calibration/<split>/{ece,nll}_{before,after} scalars (step 0),
+    and each split's reliability diagram after T; `prefix`: outputs.head_prefix."""
     from torch.utils.tensorboard import SummaryWriter
 
     from lmreason.evaluation.plots import reliability_figure
 
     writer = SummaryWriter(log_dir=str(Path(run_dir) / "tb"))
-    writer.add_scalar("calibration/temperature", payload["temperature"], 0)
+    writer.add_scalar(f"{prefix}calibration/temperature", payload["temperature"], 0)
     for split, f in payload["splits"].items():
         for figure in ("ece_before", "ece_after", "nll_before", "nll_after"):
-            writer.add_scalar(f"calibration/{split}/{figure}", f[figure], 0)
+            writer.add_scalar(f"{prefix}calibration/{split}/{figure}", f[figure], 0)
         writer.add_figure(
-            f"calibration/{split}/reliability_after",
+            f"{prefix}calibration/{split}/reliability_after",
             reliability_figure(f["reliability_after"], f["ece_after"], f"{split} after T={payload['temperature']:.3f}"),
         )
     writer.close()

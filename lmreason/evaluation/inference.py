@@ -9,8 +9,9 @@ from lmreason.evaluation.predict import InferenceSession, classify_texts
 def infer_labels(
     session: InferenceSession, texts: list[str], pairs: list[str] | None, temperature: float = 1.0
 ) -> list[dict]:
-    """{text, [text_pair], label, confidence, probs} per input, in input order; probabilities are
-    softmax(logits / temperature) (a fitted calibration temperature; 1.0: the raw ones)."""
+    """{text, [text_pair], label, confidence, probs, temperature} per input, in input order; probabilities are
+    softmax(logits / temperature) (a fitted calibration temperature; 1.0: the raw ones), and each row says
+    which temperature, so a predictions file read later tells calibrated probabilities from raw ones."""
     from lmreason.evaluation.loading import label_names_of
 
     names = label_names_of(session.model)
@@ -26,6 +27,7 @@ def infer_labels(
                 "label": names[best],
                 "confidence": float(probs[i, best]),
                 "probs": {name: float(p) for name, p in zip(names, probs[i])},
+                "temperature": float(temperature),
             }
         )
         results.append(row)

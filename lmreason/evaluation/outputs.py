@@ -57,22 +57,32 @@ def save_classification_figures(metrics: dict, label_names: list[str], split: st
     )
 
 
-def log_to_tensorboard(run_dir: Path, results: dict, summary_text: str | None = None, prefix: str = ".") -> None:
+def head_prefix(run_dir: Path, out_root: Path) -> str:
+    """The TensorBoard key prefix of what is evaluated into `out_root`: "" for the run's own `eval/`,
+    "<head>/" for a multi-task head's `eval/<head>/`, so two heads' `test/acc` stay apart."""
+    try:
+        relative = Path(out_root).relative_to(Path(run_dir) / "eval").as_posix()
+    except ValueError:  # written elsewhere than the run's eval/
+        return ""
+    return "" if relative in (".", "") else f"{relative}/"
+
+
+def log_to_tensorboard(run_dir: Path, results: dict, summary_text: str | None = None, prefix: str = "") -> None:
     """Each split's headline metrics (step 0) and figures into the run's TensorBoard events; `summary_text`
     (the report's summary as Markdown: the text plugin renders Markdown tables, not HTML) as `report/summary`
-    (`prefix`: a multi-task head's name, so heads' `test/acc` stay apart as `<head>/test/acc`)."""
+    (`prefix`: `head_prefix`, before every key, so heads' `test/acc` stay apart as `<head>/test/acc`)."""
     from torch.utils.tensorboard import SummaryWriter
 
     from lmreason.evaluation.plots import confusion_figure, reliability_figure
 
     writer = SummaryWriter(log_dir=str(Path(run_dir) / "tb"))
-    _log_attribution(writer, results)
+    _log_attribution(writer, results, prefix)
     for name, metrics in results.items():
         if name in ("gap", "attribution", "attribution_flips", "robustness", "calibration") or not isinstance(
             metrics, dict
         ):
             continue
-        split = name if prefix in (".", "") else f"{prefix}/{name}"
+        split = f"{prefix}{name}"
         for key in ("acc", "f1_macro", "ece", "loss", "exact_match", "perplexity"):
             if isinstance(metrics.get(key), (int, float)):
                 writer.add_scalar(f"{split}/{key}", metrics[key], 0)
@@ -87,7 +97,7 @@ def log_to_tensorboard(run_dir: Path, results: dict, summary_text: str | None = 
                 reliability_figure(metrics["reliability"], metrics["ece"], f"{split} reliability"),
             )
     if summary_text:
-        writer.add_text("report/summary", summary_text, 0)
+        writer.add_text(f"{prefix}report/summary", summary_text, 0)
     writer.close()
 
 
@@ -98,16 +108,16 @@ ATTRIBUTION_SCALARS = (
 )
 
 
-def _log_attribution(writer, results: dict) -> None:
-    """attribution/<split>/<figure> (faithfulness vs random, the sanity check's rank correlation, relative delta)
-    and attribution_flips/<test>/<split>/<figure> scalars (step 0)."""
+def _log_attribution(writer, results: dict, prefix: str = "") -> None:
+    """[<head>/]attribution/<split>/<figure> (faithfulness vs random, the sanity check's rank correlation, relative
+    delta) and [<head>/]attribution_flips/<test>/<split>/<figure> scalars (step 0)."""
     for split, payload in (results.get("attribution") or {}).items():
         for group, figures in ATTRIBUTION_SCALARS:
             section = payload.get(group) or {}
             for figure in figures:
                 if isinstance(section.get(figure), (int, float)):
-                    writer.add_scalar(f"attribution/{split}/{figure}", section[figure], 0)
+                    writer.add_scalar(f"{prefix}attribution/{split}/{figure}", section[figure], 0)
     for split, payload in (results.get("attribution_flips") or {}).items():
         for key, t in payload.get("tests", {}).items():
             for figure in ("changed_mass", "changed_share", "top_changed"):
-                writer.add_scalar(f"attribution_flips/{key}/{split}/{figure}", t[figure], 0)
+                writer.add_scalar(f"{prefix}attribution_flips/{key}/{split}/{figure}", t[figure], 0)

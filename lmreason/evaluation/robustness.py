@@ -537,7 +537,9 @@ def run_robustness(session, task, requests, rcfg, run_dir: Path | None = None, c
             f"{rec['predicted_after']}\n  {highlight_changes(rec['original'], rec['perturbed'])}"
         )
     if run_dir is not None:
-        log_robustness(run_dir, results)
+        from lmreason.evaluation.outputs import head_prefix
+
+        log_robustness(run_dir, results, head_prefix(run_dir, requests[0].out_dir.parent))
     return results
 
 
@@ -664,8 +666,9 @@ def highlight_changes(original: str, perturbed: str) -> str:
     return " ".join(out)
 
 
-def log_robustness(run_dir: Path, results: dict) -> None:
-    """robust/<suite>/<test>/<split>/<figure> and robust/attack/<split>/<figure> scalars (step 0)."""
+def log_robustness(run_dir: Path, results: dict, prefix: str = "") -> None:
+    """[<head>/]robust/<suite>/<test>/<split>/<figure> and [<head>/]robust/attack/<split>/<figure> scalars (step 0);
+    `prefix`: outputs.head_prefix."""
     from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(log_dir=str(Path(run_dir) / "tb"))
@@ -673,8 +676,8 @@ def log_robustness(run_dir: Path, results: dict) -> None:
         for key, f in payload["tests"].items():
             for figure in ("acc_before", "acc_after", "flip_rate", "failure_rate", "probability_loyalty"):
                 if isinstance(f.get(figure), (int, float)):
-                    writer.add_scalar(f"robust/{key}/{split}/{figure}", f[figure], 0)
+                    writer.add_scalar(f"{prefix}robust/{key}/{split}/{figure}", f[figure], 0)
         for figure, value in payload.get("attack", {}).items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                writer.add_scalar(f"robust/attack/{split}/{figure}", value, 0)
+                writer.add_scalar(f"{prefix}robust/attack/{split}/{figure}", value, 0)
     writer.close()

@@ -157,11 +157,13 @@ class FinetuneRecipe:
         """What this run is, in a few lines of <run>/finetune.log (the full config is in .hydra/config.yaml)."""
         cfg, t = self.cfg, self.cfg.train
         es = t.early_stopping
+        source = self.data.summary.get("source")
+        # task=multi (it plans its own batches) reads each task's data from task.tasks, never cfg.data
+        data = source if hasattr(self.task, "plan_batches") else f"{cfg.data.name} ({source})"
         lines = [
             f"model: {cfg.model.name_or_path} ({'random init' if cfg.model.from_scratch else 'pretrained'}, "
             f"max length {cfg.model.max_length})",
-            f"data: {cfg.data.name} ({self.data.summary.get('source')}): "
-            f"{len(self.train_split)} train / {len(self.val_split)} validation",
+            f"data: {data}: {len(self.train_split)} train / {len(self.val_split)} validation",
             f"task: {cfg.task.name}; early stopping on {es.monitor} ({es.mode}, patience {es.patience})"
             if es.enabled
             else f"task: {cfg.task.name}; early stopping off (best by {es.monitor}, {es.mode})",
