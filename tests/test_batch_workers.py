@@ -64,12 +64,15 @@ def test_an_error_in_a_batch_reaches_the_caller_and_threads_are_put_back():
     assert torch.get_num_threads() == before
 
 
-def test_one_worker_per_cpu_thread_and_one_on_other_devices():
+def test_one_worker_per_cpu_thread_and_one_on_other_devices_or_with_spinning_threads(monkeypatch):
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
+        monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
         assert batch_workers(CPU) == 2
         assert batch_workers(torch.device("cuda")) == 1
+        monkeypatch.setenv("OMP_WAIT_POLICY", "active")  # spinning threads would take the workers' cores
+        assert batch_workers(CPU) == 1
     finally:
         torch.set_num_threads(before)
 

@@ -147,10 +147,14 @@ def test_without_dropout_shards_train_the_weights_of_one_pass(tmp_path, cache_di
         (["device.fast_paths=false"], "device.fast_paths=false"),
         (["regularization=adversarial"], "not with adversarial training"),
         (["regularization.hidden_dropout=0.1", "device.fast_paths=true", "train.batch_size=1"], "one example"),
+        (["OMP_WAIT_POLICY=ACTIVE"], "OMP_WAIT_POLICY=ACTIVE"),
     ],
-    ids=["fast-paths-off", "adversarial", "batch-of-one"],
+    ids=["fast-paths-off", "adversarial", "batch-of-one", "spinning-openmp"],
 )
-def test_where_shards_do_not_apply_the_report_says_why(extra, why, tmp_path, cache_dir, dropout_data):
+def test_where_shards_do_not_apply_the_report_says_why(extra, why, tmp_path, cache_dir, dropout_data, monkeypatch):
+    for setting in [e for e in extra if e.startswith("OMP_")]:  # an environment variable, not an override
+        monkeypatch.setenv(*setting.split("="))
+        extra = [e for e in extra if e != setting]
     finetune_in_process(
         tmp_path / "run", cache_dir, "data=local", f"data.path={dropout_data}", "train.max_steps=2", TWO_THREADS, *extra
     )

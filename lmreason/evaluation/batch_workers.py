@@ -29,10 +29,15 @@ from itertools import chain, islice
 
 
 def batch_workers(device) -> int:
-    """How many batches run at once: torch's thread count on a CPU (one batch per thread), 1 elsewhere."""
+    """How many batches run at once: torch's thread count on a CPU (one batch per thread), 1 elsewhere or
+    when OpenMP threads spin (`spinning_openmp`)."""
     import torch
 
-    return max(1, torch.get_num_threads()) if getattr(device, "type", str(device)) == "cpu" else 1
+    from lmreason.training.device import spinning_openmp
+
+    if getattr(device, "type", str(device)) != "cpu" or spinning_openmp():
+        return 1
+    return max(1, torch.get_num_threads())
 
 
 @contextlib.contextmanager
