@@ -7,8 +7,12 @@ intra-op thread, and the shards' gradients are summed, in shard order, into the 
 `.grad`. The optimizer step, clipping and validation stay in the calling thread, on all its threads.
 Measured with `lmreason finetune model=bert` on 4,000 SST-2 rows, batch 32, 120 steps, 2 threads,
 idle 2-core VM, 3 interleaved pairs: 90.7 train samples/s (median) with one pass per micro-batch,
-121.4 with two shards (1.34x); the shards are cut for equal padded work (`balanced_cuts`), which
-took a first version that halved the sorted micro-batch from ~1.1x to this.
+121.4 with two shards (1.34x). The shards are cut for equal padded work (`balanced_cuts`): a first
+version that halved the sorted micro-batch gained only ~1.1x, the step waiting for the longer half.
+Why one micro-batch on 2 threads is slow here: lmreason runs OpenMP with OMP_WAIT_POLICY=PASSIVE (idle
+threads sleep, which keeps a busy machine usable), so every parallel op wakes the second thread; shards
+run on one thread each and have nothing to wake. Under ACTIVE (spinning threads) one pass is faster and
+shards step aside (README, Benchmarks).
 
 What it computes is the micro-batch's gradient: each shard's mean loss is weighted by the share of
 the micro-batch's loss terms it holds (`task.loss_terms`: rows; completion tokens for task=gen), so
