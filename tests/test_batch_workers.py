@@ -127,3 +127,20 @@ def test_evaluate_gives_the_same_metrics_and_predictions_with_two_workers(finish
     for a, b in zip(results[1]["rows"], results[2]["rows"], strict=True):
         assert (b["text"], b["label"], b["predicted"]) == (a["text"], a["label"], a["predicted"])
         assert b["confidence"] == pytest.approx(a["confidence"], abs=1e-6)
+
+
+def test_classify_texts_puts_the_thread_count_back(finished_run):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from lmreason.evaluation.predict import InferenceSession, classify_texts
+
+    best = finished_run / "checkpoints" / "best"
+    model = AutoModelForSequenceClassification.from_pretrained(best).eval()
+    session = InferenceSession(model, AutoTokenizer.from_pretrained(best), CPU, "fp32", 4, 32)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        probs = classify_texts(session, TEXTS)
+        assert probs.shape == (len(TEXTS), 2) and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -127,7 +127,8 @@ def classify_texts(
 
     probs = np.zeros((len(texts), model.config.num_labels))
     workers = batch_workers(session.device)
-    for batch, batch_probs in zip(batches, run_batches(forward, padded, session.device, session.precision, workers)):
+    results = run_batches(forward, padded, session.device, session.precision, workers)
+    for batch, batch_probs in zip(batches, results, strict=True):  # strict: the runner finishes (threads put back)
         probs[batch] = batch_probs
     return probs
 
