@@ -21,10 +21,8 @@ reach a worker). On a GPU, or with one thread, it is a plain loop.
 
 from __future__ import annotations
 
-import contextlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from itertools import chain, islice
 
 
@@ -40,28 +38,13 @@ def batch_workers(device) -> int:
     return max(1, torch.get_num_threads())
 
 
-@contextlib.contextmanager
-def op_threads(n: int):
-    """torch's intra-op thread count set to `n` for the span, and set back after."""
-    import torch
-
-    before = torch.get_num_threads()
-    if before != n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != before:
-            torch.set_num_threads(before)
-
-
 def run_batches(fn: Callable, batches: Iterable, device, precision: str, workers: int) -> Iterator:
     """fn(batch) for each batch, in batch order, under inference_mode and the precision's autocast.
 
     With workers > 1, up to `workers` batches are computed at once, each on one intra-op thread (and
     at most twice that many are built ahead of the results). Exceptions raised by fn reach the caller.
     """
-    from lmreason.training.device import autocast
+    from lmreason.training.device import autocast, single_thread_pool
 
     def one(batch):
         import torch
@@ -76,7 +59,7 @@ def run_batches(fn: Callable, batches: Iterable, device, precision: str, workers
             yield one(batch)
         return
     batches = chain(ahead, batches)
-    with op_threads(1), ThreadPoolExecutor(workers, thread_name_prefix="lmreason-batch") as pool:
+    with single_thread_pool(workers, "lmreason-batch") as pool:
         pending: deque = deque()
         for batch in batches:
             pending.append(pool.submit(one, batch))

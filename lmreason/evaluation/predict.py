@@ -128,7 +128,7 @@ def classify_texts(
     probs = np.zeros((len(texts), model.config.num_labels))
     workers = batch_workers(session.device)
     results = run_batches(forward, padded, session.device, session.precision, workers)
-    for batch, batch_probs in zip(batches, results, strict=True):  # strict: the runner finishes (threads put back)
+    for batch, batch_probs in zip(batches, results, strict=True):  # strict: the runner finishes (its pool shut down)
         probs[batch] = batch_probs
     return probs
 

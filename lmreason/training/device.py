@@ -166,6 +166,16 @@ def spinning_openmp() -> bool:
     return os.environ.get("OMP_WAIT_POLICY", "").upper() == "ACTIVE"
 
 
+def single_thread_pool(workers: int, name: str):
+    """A thread pool whose threads each run torch ops on one intra-op thread (torch keeps the count per
+    thread, so the calling thread keeps its own): work side by side on the CPU's cores."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    return ThreadPoolExecutor(workers, thread_name_prefix=name, initializer=torch.set_num_threads, initargs=(1,))
+
+
 def autocast(device, precision: str):
     """Mixed precision for the forward pass; weights and optimizer state stay fp32."""
     import torch

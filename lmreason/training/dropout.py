@@ -133,6 +133,11 @@ def fast_dropout_unsupported(model: nn.Module, device) -> str | None:
     return None
 
 
+def attention_dropout(config) -> float:
+    """The attention probabilities' dropout p a transformers config sets (BERT's or Llama's name for it), 0 if none."""
+    return max((getattr(config, name, 0.0) or 0.0) for name in ("attention_probs_dropout_prob", "attention_dropout"))
+
+
 def use_fast_dropout(model: nn.Module, device: torch.device) -> int:
     """Swap `model`'s dropout for the cheaper CPU mask, in place; the number of modules swapped."""
     if torch.device(device).type != "cpu":
@@ -143,9 +148,7 @@ def use_fast_dropout(model: nn.Module, device: torch.device) -> int:
             module.__class__ = FastDropout
             swapped += 1
     config = getattr(model, "config", None)
-    attention_p = max(
-        (getattr(config, name, 0.0) or 0.0) for name in ("attention_probs_dropout_prob", "attention_dropout")
-    )
+    attention_p = attention_dropout(config)
     if (
         config is not None
         and attention_p > 0

@@ -34,23 +34,22 @@ with one pass's on a real micro-batch without dropout; `lmreason.models.fast_pat
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 import torch.nn as nn
 
+from lmreason.training.device import single_thread_pool, spinning_openmp
+
 
 def shards_unsupported(model: nn.Module, device, task, *, world_size: int, adversarial: bool, compiled: bool):
     """Why a micro-batch is not split into shards for `model` (None: it is)."""
-    from lmreason.training.dropout import ATTENTION
+    from lmreason.training.dropout import ATTENTION, attention_dropout
 
     if torch.device(device).type != "cpu":
         return "CPU only (a GPU runs one batch on all its cores)"
     if torch.get_num_threads() < 2:
         return "one thread"
-    from lmreason.training.device import spinning_openmp
-
     if spinning_openmp():  # measured: 85-110 train samples/s with it, 125-137 under PASSIVE
         return "OMP_WAIT_POLICY=ACTIVE (spinning threads take the shards' cores)"
     if world_size > 1:
@@ -64,9 +63,7 @@ def shards_unsupported(model: nn.Module, device, task, *, world_size: int, adver
     if any(type(module) is nn.Dropout and module.p > 0 for module in model.modules()):
         return "torch's dropout draws from one generator shared by the threads (fast_dropout is off)"
     config = getattr(model, "config", None)
-    attention_p = max(
-        (getattr(config, name, 0.0) or 0.0) for name in ("attention_probs_dropout_prob", "attention_dropout")
-    )
+    attention_p = attention_dropout(config)
     if attention_p > 0 and getattr(config, "_attn_implementation", None) != ATTENTION:
         return "the attention's dropout draws from one generator shared by the threads"
     return None
@@ -78,8 +75,7 @@ class Shards:
     def __init__(self, model: nn.Module, count: int):
         self.count = count
         self.params = [p for p in model.parameters() if p.requires_grad]
-        # each worker thread computes on one intra-op thread (torch keeps the count per thread)
-        self.pool = ThreadPoolExecutor(count, thread_name_prefix="lmreason-shard", initializer=_one_thread)
+        self.pool = single_thread_pool(count, "lmreason-shard")
 
     def split(self, indices: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
         """The micro-batch's example indices sorted by length and cut into up to `count` shards (none empty)
@@ -159,10 +155,6 @@ def balanced_cuts(sorted_lengths: np.ndarray, parts: int) -> list[int]:
         else:
             high = middle
     return cuts_within(low)
-
-
-def _one_thread() -> None:
-    torch.set_num_threads(1)
 
 
 def check_shards(shards: Shards, model: nn.Module, loss_of: Callable, batches: list[dict], terms: list[int]):
