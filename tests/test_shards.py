@@ -81,6 +81,85 @@ def test_the_shards_gradient_is_the_micro_batchs_and_a_wrong_weighting_is_caught
         shards.close()
 
 
+def test_parameters_handed_one_gradient_tensor_get_their_own_sums():
+    """`h = x + a + b` hands a and b the same gradient tensor: summing a's shards into it in place would
+    change b's gradient too."""
+
+    class Toy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Parameter(torch.full((3,), 0.5))
+            self.b = torch.nn.Parameter(torch.full((3,), -0.25))
+            self.w = torch.nn.Parameter(torch.tensor([1.0, 2.0, 3.0]))
+
+        def forward(self, x):
+            return ((x * self.w + self.a + self.b) ** 2).sum()
+
+    model = Toy()
+    data = [torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0.5, -1.0, 2.0])]  # the parameters' shape: no broadcast
+    (model(data[0]) + model(data[1])).backward()
+    expected = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    shards = Shards(model, 2)
+    try:
+        shards.backward(model, data, [1, 1], 1.0)  # the toy loss is a sum: the shards weigh it 1/2
+        for name, p in model.named_parameters():
+            assert torch.allclose(p.grad * 2, expected[name]), name
+        assert model.a.grad is not model.b.grad
+    finally:
+        shards.close()
+
+
+@pytest.mark.parametrize("max_norm", [1e-3, 1e6, float("inf")])
+def test_clipping_side_by_side_is_torchs_clip_grad_norm(max_norm):
+    model, task = tiny_bert_classifier(), ClassificationTask()
+    batches, _ = shard_batches(task)
+    task.forward(model, batches[-1])[0].backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    expected = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    clipped = [p.grad.clone() for p in model.parameters()]
+    for p, g in zip(model.parameters(), grads):
+        p.grad = g.clone()
+    shards = Shards(model, 2)
+    try:
+        total = shards.clip_grad_norm(max_norm)
+    finally:
+        shards.close()
+    assert torch.allclose(total, expected, rtol=1e-6)
+    for p, want, before in zip(model.parameters(), clipped, grads):
+        assert torch.allclose(p.grad, want, rtol=1e-5, atol=1e-9)
+        if max_norm > 1:  # nothing to clip: the gradients are not touched
+            assert torch.equal(p.grad, before)
+
+
+def test_clipping_a_non_finite_gradient_reports_it():
+    model = tiny_bert_classifier()
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    next(model.parameters()).grad[0, 0] = float("nan")
+    shards = Shards(model, 2)
+    try:
+        assert torch.isnan(shards.clip_grad_norm(1.0))  # the trainer then skips or stops (train.nonfinite)
+    finally:
+        shards.close()
+
+
+def test_size_runs_cover_every_parameter_in_order_with_balanced_totals():
+    from lmreason.training.shards import _size_runs
+
+    rng = np.random.RandomState(0)
+    for _ in range(100):
+        sizes = rng.randint(1, 1000, rng.randint(1, 30)).tolist()
+        parts = rng.randint(1, 4)
+        runs = _size_runs(sizes, parts)
+        assert runs[0][0] == 0 and runs[-1][1] == len(sizes) and len(runs) <= parts
+        assert all(a < b for a, b in runs) and all(b == c for (_, b), (c, _) in zip(runs, runs[1:]))
+        if len(sizes) >= parts:
+            assert len(runs) == parts
+            largest = max(sum(sizes[a:b]) for a, b in runs)
+            assert largest <= sum(sizes) / parts + max(sizes)  # within one parameter of an even share
+
+
 def test_an_error_in_a_shard_reaches_the_caller():
     model = tiny_bert_classifier()
     shards = Shards(model, 2)

@@ -276,7 +276,11 @@ class FinetuneRecipe:
                 i += len(group)
                 if self.scaler:
                     self.scaler.unscale_(self.optimizer)
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.max_grad_norm or float("inf"))
+                max_norm = t.max_grad_norm or float("inf")
+                if self.shards is not None:  # the two passes over the gradients side by side, as the shards ran
+                    grad_norm = self.shards.clip_grad_norm(max_norm)
+                else:
+                    grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
                 finite = bool(torch.isfinite(grad_norm)) and bool(torch.isfinite(accum_loss))
                 finite = not self.dist.any_rank(not finite)  # DDP: every rank steps, skips or stops alike
                 if not finite and not self.scaler:
