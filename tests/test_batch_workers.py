@@ -11,7 +11,7 @@ import time
 
 import pytest
 import torch
-from conftest import run_command
+from conftest import TINY_GEN_TRAIN, finetune_in_process, read_json, run_command
 
 from lmreason.evaluation.batch_workers import batch_workers, run_batches
 
@@ -144,3 +144,50 @@ def test_classify_texts_puts_the_thread_count_back(finished_run):
         assert probs.shape == (len(TEXTS), 2) and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+VALIDATED = {  # each task's evaluate: classification, generation, multi-task heads
+    "cls": ["data=reasoning", "data.sizes={train: 48, validation: 40, test: 8, ood: 8}", "train.eval_batch_size=8"],
+    "gen": [*TINY_GEN_TRAIN[1:], "data.sizes={train: 16, validation: 24, test: 8, ood: 8}", "train.eval_batch_size=4"],
+    "multi": [
+        "task=multi",
+        "task.tasks={a: {data: reasoning, sizes: {train: 32, validation: 24, test: 8, ood: 8}}, "
+        "b: {data: reasoning, seed: 5, sizes: {train: 24, validation: 16, test: 8, ood: 8}}}",
+        "train.eval_batch_size=8",
+    ],
+}
+
+
+@pytest.mark.parametrize("task", list(VALIDATED))
+def test_validation_runs_batches_side_by_side_with_a_plain_loops_metrics(task, tmp_path, cache_dir, monkeypatch):
+    """finetune's validation computes its batches on the shards' cores too, and every metric it reports (and so
+    early stopping and the best checkpoint) is what one batch at a time gives."""
+    import lmreason.evaluation.batch_workers as workers
+
+    overrides = [*VALIDATED[task], "train.epochs=2", "train.early_stopping.enabled=false", "device.threads=2"]
+    if task == "gen":
+        overrides.insert(0, "model=tiny-gpt")
+    threads = set()
+    real = workers.run_batches
+
+    def recorded(fn, batches, *args, **kwargs):
+        def noted(batch):
+            threads.add(threading.current_thread().name.split("_")[0])
+            return fn(batch)
+
+        return real(noted, batches, *args, **kwargs)
+
+    monkeypatch.setattr(workers, "run_batches", recorded)
+    finetune_in_process(tmp_path / "side", cache_dir, *overrides)
+    assert threads == {"lmreason-batch"}
+    threads.clear()
+    monkeypatch.setattr(workers, "batch_workers", lambda device: 1)
+    finetune_in_process(tmp_path / "loop", cache_dir, *overrides)
+    assert threads == {"MainThread"}
+    side, loop = (read_json(tmp_path / run / "metrics.json")["history"] for run in ("side", "loop"))
+    assert len(side) == len(loop) == 2
+    for a, b in zip(side, loop):
+        assert a.keys() == b.keys()
+        for key in a:
+            if key.startswith("val/"):
+                assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-7), key

@@ -38,7 +38,10 @@ class ValidationContext:
     dataset: the prepared validation split (rows with text and metadata columns);
     generate: ``(model, prompt_ids) -> texts`` with the run's tokenizer, device,
     precision and generation settings (task=gen samples answers with it);
-    gather: ``(labels, probs, loss) -> the same over every DDP rank`` (identity in one process).
+    gather: ``(labels, probs, loss) -> the same over every DDP rank`` (identity in one process);
+    map_batches: ``(fn, batches) -> fn(batch) for each batch, in batch order``, computed side by side
+    on the CPU's cores (lmreason/evaluation/batch_workers.py), each under inference mode and the run's
+    autocast; the built-in ``map`` where none is given.
     """
 
     step: int = 0
@@ -47,3 +50,4 @@ class ValidationContext:
     dataset: Any = None
     generate: Callable | None = None
     gather: Callable = field(default=_no_gather)
+    map_batches: Callable = map

@@ -72,17 +72,18 @@ class ClassificationTask:
         """Validation metrics over `batches` (loss, acc, f1_macro, ece)."""
         from lmreason.evaluation.metrics import classification_metrics
 
-        labels, probs, loss = self.predict(model, batches)
+        labels, probs, loss = self.predict(model, batches, context.map_batches if context is not None else None)
         if context is not None:  # DDP: this rank predicted its share of the split; metrics need all of it
             labels, probs, loss = context.gather(labels, probs, loss)
         metrics = classification_metrics(labels, probs, label_names, loss=loss)
         return {"loss": metrics["loss"], "acc": metrics["acc"], "f1_macro": metrics["f1_macro"], "ece": metrics["ece"]}
 
-    def predict(self, model, batches):
-        """Gold labels (N,), class probabilities (N, C) and the mean loss, in batch order."""
+    def predict(self, model, batches, run_batches=None):
+        """Gold labels (N,), class probabilities (N, C) and the mean loss, in batch order (`run_batches`:
+        as `predict_logits`)."""
         import torch
 
-        labels, logits, loss = self.predict_logits(model, batches)
+        labels, logits, loss = self.predict_logits(model, batches, run_batches)
         probs = torch.softmax(torch.from_numpy(logits).float(), dim=-1).numpy().astype(np.float64)
         return labels, probs, loss
 

@@ -217,10 +217,14 @@ class GenerationTask:
         """Validation loss and perplexity; every `task.generate_every_evals` validations (and at the
         end of training) also exact match and mean score of answers generated for the first
         `task.generate_samples` validation examples."""
+
+        def losses(batch):
+            loss_sum, n, _ = self.token_losses(model, batch)  # not the logits: batches ahead would hold them
+            return float(loss_sum), n
+
         total, count = 0.0, 0
-        for batch in batches:
-            loss_sum, n, _ = self.token_losses(model, batch)
-            total += float(loss_sum)
+        for loss_sum, n in (context.map_batches if context is not None else map)(losses, batches):
+            total += loss_sum
             count += n
         loss = total / max(count, 1)
         metrics = {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}

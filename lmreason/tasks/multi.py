@@ -152,18 +152,23 @@ class MultiTask:
 
         from lmreason.evaluation.metrics import classification_metrics
 
-        gathered = {name: ([], [], 0.0) for name in self.names}
-        for batch in batches:  # validation batches mix tasks: each task's rows go through its head
-            heads = batch["head_id"][:, 0]
+        def per_head(batch):  # validation batches mix tasks: each task's rows go through its head
+            heads, out = batch["head_id"][:, 0], []
             for index in heads.unique().tolist():
                 rows = heads == index
                 sub = {k: v[rows] for k, v in batch.items()}
                 logits = self.forward(model, sub)[1].float()
+                loss = F.cross_entropy(logits, sub["labels"], reduction="sum").item()
+                out.append((index, sub["labels"].cpu(), torch.softmax(logits, dim=-1).cpu(), loss))
+            return out
+
+        gathered = {name: ([], [], 0.0) for name in self.names}
+        for results in (context.map_batches if context is not None else map)(per_head, batches):
+            for index, batch_labels, batch_probs, batch_loss in results:
                 labels, probs, loss = gathered[self.names[index]]
-                labels.append(sub["labels"].cpu())
-                probs.append(torch.softmax(logits, dim=-1).cpu())
-                loss += F.cross_entropy(logits, sub["labels"], reduction="sum").item()
-                gathered[self.names[index]] = (labels, probs, loss)
+                labels.append(batch_labels)
+                probs.append(batch_probs)
+                gathered[self.names[index]] = (labels, probs, loss + batch_loss)
         metrics = {}
         for name, (labels, probs, loss) in gathered.items():
             y = torch.cat(labels).numpy() if labels else np.zeros(0, dtype=np.int64)

@@ -494,6 +494,9 @@ class FinetuneRecipe:
 
     def _validation_context(self) -> ValidationContext:
         """What the task's validation may know of this run (never the recipe itself)."""
+        from functools import partial
+
+        from lmreason.evaluation.batch_workers import batch_workers, run_batches
         from lmreason.evaluation.generation import generate_texts
 
         def generate(model, prompt_ids):
@@ -508,6 +511,9 @@ class FinetuneRecipe:
             dataset=self.data.splits["validation"],
             generate=generate,
             gather=self.dist.gather_predictions,
+            map_batches=partial(
+                run_batches, device=self.device, precision=self.precision, workers=batch_workers(self.device)
+            ),
         )
 
     def _validate_and_checkpoint(self, started, samples, tokens) -> str:
