@@ -110,17 +110,25 @@ class Shards:
 
         results = list(self.pool.map(one, range(len(batches))))
         shared = _sharing_storage([grads for _, grads, _ in results])
-        for i, param in enumerate(self.params):
-            summed = None
-            for _, grads, _ in results:
-                g = grads[i]
-                if g is not None:
-                    if summed is None:  # summed into in place, unless another parameter's gradient is this tensor
-                        summed = g.clone() if i in shared else g
-                    else:
-                        summed.add_(g)
-            if summed is not None:
-                param.grad = summed if param.grad is None else param.grad.add_(summed)
+
+        def sum_run(run: tuple[int, int]) -> None:  # parameters start..end-1, in shard order
+            for i in range(*run):
+                summed = None
+                for _, grads, _ in results:
+                    g = grads[i]
+                    if g is not None:
+                        if summed is None:  # summed into in place, unless another parameter's gradient is this tensor
+                            summed = g.clone() if i in shared else g
+                        else:
+                            summed.add_(g)
+                if summed is not None:
+                    param = self.params[i]
+                    param.grad = summed if param.grad is None else param.grad.add_(summed)
+
+        sizes = [
+            p.numel() if any(grads[i] is not None for _, grads, _ in results) else 0 for i, p in enumerate(self.params)
+        ]
+        list(self.pool.map(sum_run, _size_runs(sizes, self.count)))  # the sums side by side too
         for _, _, rows in results:  # the embedding's row gradient, in shard order
             for gradient, ids, grad_out in rows:
                 gradient.add(ids, grad_out)
