@@ -160,8 +160,8 @@ VALIDATED = {  # each task's evaluate: classification, generation, multi-task he
 
 @pytest.mark.parametrize("task", list(VALIDATED))
 def test_validation_runs_batches_side_by_side_with_a_plain_loops_metrics(task, tmp_path, cache_dir, monkeypatch):
-    """finetune's validation computes its batches on the shards' cores too, and every metric it reports (and so
-    early stopping and the best checkpoint) is what one batch at a time gives."""
+    """finetune's validation computes its batches side by side on the shards' worker threads, and every metric it
+    reports (and so early stopping and the best checkpoint) is what one batch at a time gives."""
     import lmreason.evaluation.batch_workers as workers
 
     overrides = [*VALIDATED[task], "train.epochs=2", "train.early_stopping.enabled=false", "device.threads=2"]
@@ -179,7 +179,9 @@ def test_validation_runs_batches_side_by_side_with_a_plain_loops_metrics(task, t
 
     monkeypatch.setattr(workers, "run_batches", recorded)
     finetune_in_process(tmp_path / "side", cache_dir, *overrides)
-    assert threads == {"lmreason-batch"}
+    fast_paths = read_json(tmp_path / "side" / "metrics.json")["fast_paths"]
+    # the shards' workers where they train (validation reuses their freed memory), else a pool of its own
+    assert threads == {"lmreason-shard" if "batch_shards" in fast_paths["applied"] else "lmreason-batch"}
     threads.clear()
     monkeypatch.setattr(workers, "batch_workers", lambda device: 1)
     finetune_in_process(tmp_path / "loop", cache_dir, *overrides)

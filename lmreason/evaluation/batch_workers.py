@@ -21,6 +21,7 @@ reach a worker). On a GPU, or with one thread, it is a plain loop.
 
 from __future__ import annotations
 
+import contextlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from itertools import chain, islice
@@ -38,11 +39,13 @@ def batch_workers(device) -> int:
     return max(1, torch.get_num_threads())
 
 
-def run_batches(fn: Callable, batches: Iterable, device, precision: str, workers: int) -> Iterator:
+def run_batches(fn: Callable, batches: Iterable, device, precision: str, workers: int, pool=None) -> Iterator:
     """fn(batch) for each batch, in batch order, under inference_mode and the precision's autocast.
 
     With workers > 1, up to `workers` batches are computed at once, each on one intra-op thread (and
     at most twice that many are built ahead of the results). Exceptions raised by fn reach the caller.
+    `pool`: an executor of single-threaded workers to run them on (`single_thread_pool`; one of its own
+    by default).
     """
     from lmreason.training.device import autocast, single_thread_pool
 
@@ -59,7 +62,7 @@ def run_batches(fn: Callable, batches: Iterable, device, precision: str, workers
             yield one(batch)
         return
     batches = chain(ahead, batches)
-    with single_thread_pool(workers, "lmreason-batch") as pool:
+    with contextlib.nullcontext(pool) if pool is not None else single_thread_pool(workers, "lmreason-batch") as pool:
         pending: deque = deque()
         for batch in batches:
             pending.append(pool.submit(one, batch))

@@ -512,7 +512,11 @@ class FinetuneRecipe:
             generate=generate,
             gather=self.dist.gather_predictions,
             map_batches=partial(
-                run_batches, device=self.device, precision=self.precision, workers=batch_workers(self.device)
+                run_batches,
+                device=self.device,
+                precision=self.precision,
+                workers=batch_workers(self.device),
+                pool=self.shards.pool if self.shards is not None else None,
             ),
         )
 
