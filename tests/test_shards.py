@@ -256,3 +256,16 @@ def test_a_generation_model_trains_with_shards(tmp_path, cache_dir):
     metrics = read_json(tmp_path / "gen" / "metrics.json")
     assert "batch_shards" in metrics["fast_paths"]["applied"] and metrics["steps"] == 3
     assert np.isfinite(metrics["history"][-1]["val/loss"])
+
+
+def test_a_multi_task_run_trains_with_shards(tmp_path, cache_dir):
+    """The heads share one encoder whose attention dropout fast_dropout swaps (through the first head), so the
+    shards' masks cover every random draw and shards apply."""
+    tasks = (
+        "task.tasks={a: {data: reasoning, sizes: {train: 32, validation: 16, test: 8, ood: 8}}, "
+        "b: {data: reasoning, seed: 5, sizes: {train: 32, validation: 16, test: 8, ood: 8}}}"
+    )
+    finetune_in_process(tmp_path / "multi", cache_dir, "task=multi", tasks, "train.max_steps=3", TWO_THREADS)
+    metrics = read_json(tmp_path / "multi" / "metrics.json")
+    assert "batch_shards" in metrics["fast_paths"]["applied"] and metrics["steps"] == 3
+    assert np.isfinite(metrics["history"][-1]["val/loss"])

@@ -249,6 +249,11 @@ class MultiTaskForSequenceClassification(nn.Module):
         """The shared encoder's config (the first head's): what the fast paths read (model_type, vocab size)."""
         return self.heads[0].config
 
+    def set_attn_implementation(self, implementation: str) -> None:
+        """The shared encoder's attention (the first head owns it and its config): what `fast_dropout` swaps
+        for its own masks, so that batch shards apply to a multi-task run too."""
+        self.heads[0].set_attn_implementation(implementation)
+
     def __getattr__(self, name: str):
         """`model.bert` (the encoder's own prefix) is the shared encoder, as on a plain classifier."""
         try:
