@@ -194,6 +194,7 @@ def test_family_reorder_and_distractor_keep_every_fact():
     assert not set(re.findall(r"[A-Z][a-z]+", extra)) & set(re.findall(r"[A-Z][a-z]+", FAMILY))
 
 
+@pytest.mark.skipif(not (SHARED_DATA / "bigbench").is_dir(), reason="needs ../shared/data")
 def test_reasoning_suite_on_the_bigbench_files():
     def first(task):
         return json.loads((SHARED_DATA / "bigbench" / task / "task.json").read_text())["examples"][0]["input"]
