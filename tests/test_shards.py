@@ -144,6 +144,58 @@ def test_clipping_a_non_finite_gradient_reports_it():
         shards.close()
 
 
+@pytest.mark.parametrize("amsgrad", [False, True])
+def test_the_optimizer_step_side_by_side_is_adamws_step_bit_for_bit(amsgrad):
+    from lmreason.training.optim import parameter_groups
+
+    def trained(side_by_side: bool):
+        torch.manual_seed(0)
+        model = tiny_bert_classifier()
+        optimizer = torch.optim.AdamW(parameter_groups(model, 0.01), lr=1e-2, amsgrad=amsgrad, fused=True)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (1 + step))  # the lr changes
+        shards = Shards(model, 2)
+        try:
+            for step in range(4):
+                for p in model.parameters():
+                    p.grad = torch.randn_like(p)
+                model.classifier.bias.grad = None if step == 2 else model.classifier.bias.grad  # one without
+                (shards.optimizer_step(optimizer) if side_by_side else optimizer.step())
+                scheduler.step()
+        finally:
+            shards.close()
+        return model, optimizer
+
+    (want, want_opt), (got, got_opt) = trained(False), trained(True)
+    for (name, a), b in zip(want.named_parameters(), got.parameters()):
+        assert torch.equal(a, b), name
+        for key, value in want_opt.state[a].items():
+            assert torch.equal(value, got_opt.state[b][key]), (name, key)
+
+
+def test_the_optimizer_step_falls_back_to_step_where_it_cannot_split():
+    from lmreason.training.shards import _adamw_shares
+
+    model = tiny_bert_classifier()
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    fused = torch.optim.AdamW(model.parameters(), fused=True)
+    assert _adamw_shares(fused, 2) is None  # the first step creates the moments: step() itself
+    fused.step()
+    shares = _adamw_shares(fused, 2)
+    assert len(shares) == 2 and sum(len(ps) for share in shares for _, ps in share) == len(list(model.parameters()))
+    for other in (torch.optim.SGD(model.parameters(), lr=0.1), torch.optim.AdamW(model.parameters(), foreach=True)):
+        other.step()
+        assert _adamw_shares(other, 2) is None  # another optimizer or kernel: step() itself
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = [p.detach().clone() for p in model.parameters()]
+    shards = Shards(model, 2)
+    try:
+        shards.optimizer_step(sgd)  # goes through step(): SGD moved the weights
+    finally:
+        shards.close()
+    assert all(torch.equal(p, b - 0.1) for p, b in zip(model.parameters(), before))
+
+
 def test_size_runs_cover_every_parameter_in_order_with_balanced_totals():
     from lmreason.training.shards import _size_runs
 

@@ -304,6 +304,8 @@ class FinetuneRecipe:
                     if self.scaler:
                         self.scaler.step(self.optimizer)
                         self.scaler.update()
+                    elif self.shards is not None:  # the update side by side too, bit for bit step()'s
+                        self.shards.optimizer_step(self.optimizer)
                     else:
                         self.optimizer.step()
                     self.scheduler.step()
